@@ -1,0 +1,63 @@
+# difusor: one way to build, lint and test, locally and in CI (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION ?= 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+export DIFUSOR_CACHE ?= $(HOME)/.cache/difusor
+export PATH := $(CURDIR)/$(VENV)/bin:$(DIFUSOR_CACHE)/bin:$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: venv
+venv: ## create .venv from uv.lock (reproducible)
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	uv sync --frozen --quiet
+
+.PHONY: deps
+deps: ## install nginx, OpenSSH, Varnish, openssl, wrk from Debian when missing
+	bash hack/install-deps.sh
+
+.PHONY: k8s-bins
+k8s-bins: ## build (or reuse) the pinned control-plane binaries in $(DIFUSOR_CACHE)/bin
+	bash hack/build-k8s.sh >/dev/null
+
+.PHONY: setup
+setup: venv deps k8s-bins ## everything the tests need
+
+.PHONY: lint
+lint: venv ## ruff, ruff format --check, mypy strict, import-linter
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: venv ## format the code
+	$(VENV)/bin/ruff check --fix operator tests bench
+	$(VENV)/bin/ruff format operator tests bench
+
+.PHONY: crds
+crds: venv ## regenerate crds/ from the pydantic models
+	$(VENV)/bin/difusor crds -o crds
+
+.PHONY: cluster-up
+cluster-up: venv k8s-bins ## start the local control plane (etcd, apiserver, controllers, kwok) on loopback
+	bash hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane
+	bash hack/cluster.sh down
+
+.PHONY: test
+test: setup lint ## everything: lint, unit, cluster and e2e tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## only the tests that need no process nor cluster
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs from Debian the real programs the tests drive (nginx, sshd/sftp, Varnish, openssl, wrk),
+# only those that are missing, without starting any of them as a system service.
+set -euo pipefail
+
+declare -A want=(
+  [nginx]=nginx
+  [sshd]=openssh-server
+  [sftp]=openssh-client
+  [varnishd]=varnish
+  [openssl]=openssl
+  [wrk]=wrk
+  [unzip]=unzip
+)
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${want[$cmd]}")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: nginx, sshd, sftp, varnishd, openssl, wrk already installed" >&2
+  exit 0
+fi
+if [[ $EUID -ne 0 ]]; then
+  echo "install-deps: need root to apt-get install: ${missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+# The tests start these programs themselves on loopback; keep the packages' services stopped.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+((created_policy)) && rm -f "$policy"
+echo "install-deps: done" >&2

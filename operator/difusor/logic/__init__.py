@@ -1,0 +1,1 @@
+"""Pure logic over plain data: decisions, detection and arithmetic with no I/O, clock or env."""

@@ -1,0 +1,621 @@
+"""The PrepPublication and PrepCut resources as pydantic models: the one source of the CRDs."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zoneinfo
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "prep.difusor.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: RFC 1123 host name (what an Ingress host accepts), lower case.
+HOST_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Kubernetes quantity, as used for storage sizes.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+#: A cut id: letters, digits, `_`, `.` and `-` (the institute's ids look like 20240602_2040).
+CUT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+#: A Kubernetes object name (RFC 1123 subdomain).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A URL path served by the site.
+PATH_PATTERN = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
+#: An origin allowed to embed the site (`frame-ancestors` source expression).
+ORIGIN_PATTERN = r"^(https?://)?(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^'self'$"
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR range such as 10.0.0.0/8: {exc}") from exc
+    return value
+
+
+def _check_regex(value: str) -> str:
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+    if "id" not in compiled.groupindex:
+        raise ValueError(f"{value!r} needs a named group (?P<id>...) for the cut id")
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an IANA time zone such as America/Mexico_City") from exc
+    return value
+
+
+CIDR = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=43),
+    AfterValidator(_check_cidr),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "isCIDR(self)", "message": "must be a CIDR range such as 10.0.0.0/8"}
+            ]
+        }
+    ),
+]
+Host = Annotated[str, StringConstraints(pattern=HOST_PATTERN, min_length=1, max_length=253)]
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=32)]
+CutId = Annotated[str, StringConstraints(pattern=CUT_ID_PATTERN)]
+ObjectName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=253)]
+UrlPath = Annotated[str, StringConstraints(pattern=PATH_PATTERN, max_length=1024)]
+Origin = Annotated[str, StringConstraints(pattern=ORIGIN_PATTERN, max_length=253)]
+
+
+class Model(BaseModel):
+    """Base of every resource model: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """This model as the API server stores it (camelCase, no unset optional fields)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class StorageSpec(Model):
+    """The per-pod volume holding incoming uploads, versions and quarantine."""
+
+    size: Quantity = "20Gi"
+    """Size of each pod's content volume (the institute asks for at least 20 GB)."""
+    storage_class_name: str | None = None
+    """StorageClass of the content volumes; the cluster default when unset."""
+    retain_on_delete: bool = True
+    """Keep the content volumes when the publication is deleted (the night's data is evidence)."""
+
+
+class IssuerRef(Model):
+    """A cert-manager issuer that signs the site's certificate."""
+
+    name: ObjectName
+    """Name of the Issuer or ClusterIssuer."""
+    kind: Literal["Issuer", "ClusterIssuer"] = "ClusterIssuer"
+    """Kind of the issuer."""
+    group: str = "cert-manager.io"
+    """API group of the issuer."""
+
+
+class TLSSpec(Model):
+    """HTTPS for the site: a Secret that holds the certificate, or a cert-manager issuer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretName) || has(self.issuerRef)",
+                    "message": "tls needs secretName or issuerRef",
+                }
+            ]
+        }
+    )
+
+    secret_name: ObjectName | None = None
+    """Secret of type kubernetes.io/tls with the certificate (written by cert-manager with issuerRef)."""
+    issuer_ref: IssuerRef | None = None
+    """cert-manager issuer that signs the certificate into secretName (default NAME-tls)."""
+
+    @model_validator(mode="after")
+    def _secret_or_issuer(self) -> TLSSpec:
+        if self.secret_name is None and self.issuer_ref is None:
+            raise ValueError("tls needs secretName or issuerRef")
+        return self
+
+
+class EdgeKind(StrEnum):
+    """How readers reach the web pods."""
+
+    INGRESS = "Ingress"
+    GATEWAY = "Gateway"
+    NONE = "None"
+
+
+class ParentRef(Model):
+    """A Gateway API Gateway (or listener) that the HTTPRoute attaches to."""
+
+    name: ObjectName
+    """Name of the Gateway."""
+    namespace: ObjectName | None = None
+    """Namespace of the Gateway; the publication's when unset."""
+    section_name: str | None = None
+    """Listener of the Gateway to attach to."""
+
+
+class EdgeSpec(Model):
+    """The edge in front of the web pods: an Ingress, a Gateway API HTTPRoute, or nothing."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.kind != 'Gateway' || (has(self.parentRefs) && size(self.parentRefs) > 0)",
+                    "message": "edge.kind Gateway needs at least one entry in edge.parentRefs",
+                    "fieldPath": ".parentRefs",
+                }
+            ]
+        }
+    )
+
+    kind: EdgeKind = EdgeKind.INGRESS
+    """Ingress, Gateway (an HTTPRoute) or None (bring your own edge to the NAME-http Service)."""
+    class_name: str | None = None
+    """IngressClass name (Ingress edge); also selects the rate-limit annotations (nginx, traefik)."""
+    parent_refs: list[ParentRef] = Field(default_factory=list, max_length=16)
+    """Gateways the HTTPRoute attaches to (Gateway edge)."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations for the Ingress or HTTPRoute."""
+
+    @model_validator(mode="after")
+    def _gateway_needs_parents(self) -> EdgeSpec:
+        if self.kind is EdgeKind.GATEWAY and not self.parent_refs:
+            raise ValueError("edge.kind Gateway needs at least one entry in edge.parentRefs")
+        return self
+
+
+class ClientAddressHeader(StrEnum):
+    """The header that carries the reader's address when it comes through a trusted proxy."""
+
+    X_FORWARDED_FOR = "X-Forwarded-For"
+    X_REAL_IP = "X-Real-IP"
+    CF_CONNECTING_IP = "CF-Connecting-IP"
+    FASTLY_CLIENT_IP = "Fastly-Client-IP"
+    TRUE_CLIENT_IP = "True-Client-IP"
+
+
+class RateLimitSpec(Model):
+    """Per-client limits applied by every web pod, whatever the edge."""
+
+    requests_per_second: int = Field(default=20, ge=1, le=100000)
+    """Sustained requests per second allowed to one client address."""
+    burst: int = Field(default=40, ge=0, le=1000000)
+    """Requests above the rate that one client may queue before getting 429."""
+    connections: int = Field(default=30, ge=1, le=100000)
+    """Concurrent connections allowed to one client address."""
+    trusted_proxies: list[CIDR] = Field(default_factory=list, max_length=256)
+    """Ranges of proxies (ingress, CDN) whose client-address header is believed."""
+    client_address_header: ClientAddressHeader = ClientAddressHeader.X_FORWARDED_FOR
+    """Header holding the reader's address when the request comes from a trusted proxy."""
+    deny_list: list[CIDR] = Field(default_factory=list, max_length=4096)
+    """Ranges refused outright (403); the operator may add offending ranges here."""
+
+
+class SftpServiceType(StrEnum):
+    """Type of the SFTP Service."""
+
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class SftpServiceSpec(Model):
+    """How the institute's uploader reaches the SFTP endpoint."""
+
+    type: SftpServiceType = SftpServiceType.LOAD_BALANCER
+    """Service type of NAME-sftp."""
+    port: int = Field(default=22, ge=1, le=65535)
+    """Port of the SFTP Service."""
+    node_port: int | None = Field(default=None, ge=30000, le=32767)
+    """Fixed node port (type NodePort or LoadBalancer)."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations for the Service (load-balancer settings of your cloud)."""
+
+
+class SftpSpec(Model):
+    """The SFTP endpoint that receives the institute's packages."""
+
+    service: SftpServiceSpec = Field(default_factory=SftpServiceSpec)
+    """The SFTP Service."""
+    allowed_source_ranges: list[CIDR] = Field(default_factory=list, max_length=256)
+    """Source ranges allowed to connect (the institute's addresses); empty allows all."""
+    authorized_keys_secret: ObjectName
+    """Secret whose `authorized_keys` key holds the public keys allowed to upload."""
+    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "prep"
+    """User name the uploader logs in as."""
+
+
+class Completion(StrEnum):
+    """How the agent knows an upload is complete."""
+
+    RENAME = "rename"
+    CHECKSUM_FILE = "checksumFile"
+    QUIET = "quiet"
+
+
+class IngestMode(StrEnum):
+    """What a package holds."""
+
+    SNAPSHOT = "snapshot"
+    OVERLAY = "overlay"
+
+
+class IngestSpec(Model):
+    """How uploads are recognised, validated and turned into cuts."""
+
+    completion: Completion = Completion.RENAME
+    """rename (temporary name then rename), checksumFile (ARCHIVE.sha256 arrives) or quiet."""
+    quiet_seconds: int = Field(default=10, ge=1, le=3600)
+    """With completion quiet: seconds without writes after which an upload is complete."""
+    partial_ttl_seconds: int = Field(default=3600, ge=60, le=604800)
+    """Partial uploads older than this are removed."""
+    mode: IngestMode = IngestMode.SNAPSHOT
+    """snapshot (the whole site) or overlay (changed files on top of the active version)."""
+    cut_id_pattern: Annotated[str, AfterValidator(_check_regex)] = r"(?P<id>\d{8}_\d{4})"
+    """Regular expression over the archive name with a named group `id` (the cut id, YYYYMMDD_HHMM)."""
+    cut_time_field: str | None = None
+    """Dotted path of a JSON field in /json/main.json holding the cut time, instead of the name."""
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "America/Mexico_City"
+    """IANA time zone of the cut times in archive names."""
+    max_bytes: Quantity = "20Gi"
+    """Largest total uncompressed size of a cut."""
+    max_files: int = Field(default=200000, ge=1, le=10000000)
+    """Most files in a cut."""
+    max_compression_ratio: int = Field(default=100, ge=2, le=100000)
+    """Largest uncompressed/compressed ratio (a higher one is treated as a compression bomb)."""
+    disk_reserve_percent: int = Field(default=10, ge=0, le=90)
+    """Free share of the content volume that an extraction may never take."""
+
+
+class CacheSpec(Model):
+    """Cache headers of the site."""
+
+    no_store_paths: list[UrlPath] = Field(
+        default_factory=lambda: ["/json/main.json"], max_length=64
+    )
+    """Paths served with Cache-Control: no-cache, no-store, must-revalidate."""
+    max_age_seconds: int = Field(default=30, ge=0, le=86400)
+    """max-age of every other file."""
+
+
+class EmbeddingSpec(Model):
+    """Which portals may embed the site in a frame."""
+
+    allowed_origins: list[Origin] = Field(default_factory=list, max_length=64)
+    """Origins listed in Content-Security-Policy frame-ancestors ('self' is always allowed)."""
+
+
+class CdnProvider(StrEnum):
+    """CDN whose cache is purged after every promotion."""
+
+    NONE = "none"
+    CLOUDFLARE = "cloudflare"
+    FASTLY = "fastly"
+    AKAMAI = "akamai"
+    CLOUDFRONT = "cloudfront"
+    VARNISH = "varnish"
+    WEBHOOK = "webhook"
+
+
+class CdnSpec(Model):
+    """The CDN in front of the site."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.provider in ['none', 'varnish'] || has(self.credentialsSecret)",
+                    "message": "cdn.provider needs cdn.credentialsSecret",
+                    "fieldPath": ".credentialsSecret",
+                }
+            ]
+        }
+    )
+
+    provider: CdnProvider = CdnProvider.NONE
+    """none, cloudflare, fastly, akamai, cloudfront, varnish or webhook."""
+    credentials_secret: ObjectName | None = None
+    """Secret with the provider's credentials (keys documented per provider)."""
+    zone: str | None = Field(default=None, max_length=256)
+    """Cloudflare zone id, Fastly service id or CloudFront distribution id."""
+    endpoint: str | None = Field(default=None, max_length=2048)
+    """Varnish or webhook URL; Akamai API host."""
+
+    @model_validator(mode="after")
+    def _credentials(self) -> CdnSpec:
+        if (
+            self.provider not in (CdnProvider.NONE, CdnProvider.VARNISH)
+            and not self.credentials_secret
+        ):
+            raise ValueError("cdn.provider needs cdn.credentialsSecret")
+        return self
+
+
+class RetentionSpec(Model):
+    """How many versions each pod keeps."""
+
+    cuts: int = Field(default=10, ge=2, le=1000)
+    """Versions kept on every pod (the active, target and pinned ones are never removed)."""
+
+
+class PromotionSpec(Model):
+    """How a new cut is rolled out."""
+
+    stage_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+    """A pod that has not staged the cut within this time is taken out of rotation."""
+    min_ready_replicas: int = Field(default=1, ge=1, le=1000)
+    """Fewest pods that must stage a cut for it to be committed."""
+
+
+class AutoscalingSpec(Model):
+    """Horizontal autoscaling of the web pods (the HPA then owns the replica count)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+                }
+            ]
+        }
+    )
+
+    enabled: bool = False
+    """Create a HorizontalPodAutoscaler for the web pods."""
+    min_replicas: int = Field(default=3, ge=1, le=1000)
+    """Fewest web pods."""
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    """Most web pods."""
+    target_cpu_percent: int = Field(default=60, ge=10, le=100)
+    """Average CPU use the HPA aims for."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
+class PrepPublicationSpec(Model):
+    """Desired state of one difusor site."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.replicas >= 2 || (has(self.allowSingleReplica) && self.allowSingleReplica)",
+                    "message": "replicas below 2 leave the site without a spare; set allowSingleReplica: true to accept that",
+                    "fieldPath": ".replicas",
+                }
+            ]
+        }
+    )
+
+    host: Host
+    """Public host name of the site (prep.example.mx)."""
+    replicas: int = Field(default=3, ge=1, le=1000)
+    """Number of web pods."""
+    allow_single_replica: bool = False
+    """Allow replicas: 1 (drills and development only)."""
+    image: str | None = Field(default=None, max_length=512)
+    """Image of the web pods' containers; the operator's own image when unset."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Per-pod content volumes."""
+    tls: TLSSpec | None = None
+    """HTTPS settings; plain HTTP at the edge when unset."""
+    edge: EdgeSpec = Field(default_factory=EdgeSpec)
+    """Ingress, Gateway or none."""
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec)
+    """Per-client limits."""
+    sftp: SftpSpec
+    """SFTP endpoint."""
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    """Upload handling."""
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    """Cache headers."""
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    """Frame embedding."""
+    cdn: CdnSpec = Field(default_factory=CdnSpec)
+    """CDN purge."""
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    """Versions kept."""
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    """Rollout of new cuts."""
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    """Horizontal autoscaling."""
+    pinned_cut: CutId | None = None
+    """Serve this cut instead of the newest (instant rollback); unset to follow new cuts."""
+
+    @model_validator(mode="after")
+    def _replicas(self) -> PrepPublicationSpec:
+        if self.replicas < 2 and not self.allow_single_replica:
+            raise ValueError(
+                "replicas below 2 leave the site without a spare; "
+                "set allowSingleReplica: true to accept that"
+            )
+        return self
+
+
+class Condition(Model):
+    """A status condition, as in metav1.Condition."""
+
+    type: str
+    """Ready, Progressing or Degraded."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str
+    """One CamelCase word saying why."""
+    message: str = ""
+    """Human-readable detail."""
+    observed_generation: int | None = None
+    """metadata.generation the condition was computed from."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+
+
+class ActiveCut(Model):
+    """The cut that the site serves."""
+
+    id: CutId
+    """Cut id."""
+    time: str | None = None
+    """Cut time (RFC 3339 with offset)."""
+    promoted_at: str | None = None
+    """When every serving pod started serving it."""
+
+
+class RolloutPhase(StrEnum):
+    """Phase of the promotion of a cut."""
+
+    IDLE = "Idle"
+    STAGING = "Staging"
+    COMMITTING = "Committing"
+    PURGING = "Purging"
+
+
+class Rollout(Model):
+    """The promotion in progress, if any."""
+
+    target_cut: CutId | None = None
+    """Cut being promoted."""
+    phase: RolloutPhase = RolloutPhase.IDLE
+    """Idle, Staging, Committing or Purging."""
+    started_at: str | None = None
+    """When the promotion started."""
+
+
+class PrepPublicationStatus(Model):
+    """Observed state of one difusor site."""
+
+    model_config = ConfigDict(extra="allow")
+
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, Progressing, Degraded."""
+    active_cut: ActiveCut | None = None
+    """Cut being served."""
+    rollout: Rollout | None = None
+    """Promotion in progress."""
+    replicas: int | None = None
+    """Web pods that exist."""
+    ready_replicas: int | None = None
+    """Web pods that are Ready."""
+    selector: str | None = None
+    """Label selector of the web pods (for the scale subresource)."""
+    observed_generation: int | None = None
+    """metadata.generation last reconciled."""
+
+
+class CutPhase(StrEnum):
+    """Where a cut is in its life."""
+
+    RECEIVED = "Received"
+    VERIFIED = "Verified"
+    REJECTED = "Rejected"
+    STAGING = "Staging"
+    COMMITTED = "Committed"
+    PROMOTED = "Promoted"
+    SUPERSEDED = "Superseded"
+    FAILED = "Failed"
+
+
+class PrepCutSpec(Model):
+    """One package received from the institute."""
+
+    publication: ObjectName
+    """Name of the PrepPublication that received it."""
+    id: CutId
+    """Cut id (from the archive name, YYYYMMDD_HHMM)."""
+    time: str | None = None
+    """Cut time (RFC 3339 with offset)."""
+    archive: str | None = Field(default=None, max_length=1024)
+    """Archive file name as uploaded."""
+    archive_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """SHA-256 of the archive."""
+    manifest_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = (
+        None
+    )
+    """Digest over the version's manifest."""
+    files: int | None = Field(default=None, ge=0)
+    """Files in the version."""
+    bytes: int | None = Field(default=None, ge=0)
+    """Bytes in the version."""
+    received_by: str | None = Field(default=None, max_length=253)
+    """Pod that received the upload."""
+
+
+class PodReport(Model):
+    """What one web pod reported about a cut."""
+
+    staged_at: str | None = None
+    """When the pod staged the cut."""
+    active_at: str | None = None
+    """When the pod started serving the cut."""
+    error: str | None = None
+    """Why the pod could not stage it."""
+
+
+class PrepCutStatus(Model):
+    """Observed state of one cut."""
+
+    phase: CutPhase = CutPhase.RECEIVED
+    """Received, Verified, Rejected, Staging, Committed, Promoted, Superseded or Failed."""
+    reason: str | None = None
+    """Why the cut was rejected or failed."""
+    message: str | None = None
+    """Human-readable detail."""
+    received_at: str | None = None
+    """When the upload was complete."""
+    verified_at: str | None = None
+    """When validation passed."""
+    staged_at: str | None = None
+    """When every serving pod had staged it."""
+    committed_at: str | None = None
+    """When the operator committed it."""
+    serving_at: str | None = None
+    """When every serving pod served it."""
+    pods: dict[str, PodReport] = Field(default_factory=dict)
+    """Reports by pod name."""
+
+
+def cut_object_name(publication: str, cut_id: str) -> str:
+    """Name of the PrepCut of a cut: `<publication>-<cut>` with `_` and `.` as `-`, lower case."""
+    return f"{publication}-{re.sub(r'[^a-z0-9-]', '-', cut_id.lower())}"[:253].rstrip("-")
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 timestamp as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,1 @@
+"""Pure renderers: the objects, configs and schemas that the operator derives from a spec."""
