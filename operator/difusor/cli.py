@@ -23,6 +23,41 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import logging
+
+    import kopf
+
+    import difusor.controller.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from difusor.render.preview import render_stream
+
+    text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    try:
+        out = render_stream(
+            text, namespace=args.namespace, image=args.image, capabilities=args.capability
+        )
+    except ValueError as exc:
+        print(f"difusor render: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(out)
+    return 0
+
+
 def dump_yaml(obj: object) -> str:
     """YAML as written to crds/ and printed by `render`: block style, keys in insertion order."""
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
@@ -38,6 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crds.add_argument("-o", "--output", default="crds", help="directory (default: crds)")
     crds.set_defaults(handler=_cmd_crds)
+
+    op = sub.add_parser("operator", help="run the operator (kopf, standalone: one replica)")
+    op.add_argument(
+        "-n", "--namespace", action="append", default=[],
+        help="watch only this namespace (repeatable); all namespaces when absent",
+    )  # fmt: skip
+    op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness URL")
+    op.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    op.set_defaults(handler=_cmd_operator)
+
+    render = sub.add_parser(
+        "render", help="print every child object the operator would apply, without a cluster"
+    )
+    render.add_argument(
+        "-f", "--filename", required=True, help="PrepPublication YAML, or - for stdin"
+    )
+    render.add_argument("-n", "--namespace", default=None, help="namespace when the file has none")
+    render.add_argument("--image", default=None, help="image of the agent and sftp containers")
+    render.add_argument(
+        "--capability", action="append", default=[],
+        help="an optional API group version the cluster serves (traefik.io/v1alpha1, ...)",
+    )  # fmt: skip
+    render.set_defaults(handler=_cmd_render)
     return parser
 
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Starts or stops a real local Kubernetes control plane on loopback, without Docker:
+# etcd, kube-apiserver (RBAC and admission on), kube-controller-manager, kube-scheduler and kwok
+# playing the kubelet of fake nodes, all from the binaries that hack/build-k8s.sh cached.
+#
+#   hack/cluster.sh up   [NAME]   idempotent; prints the kubeconfig path on stdout
+#   hack/cluster.sh down [NAME]   stops only that cluster's processes
+#   hack/cluster.sh kubeconfig [NAME]
+#
+# NAME defaults to $DIFUSOR_CLUSTER or "difusor". Fake nodes: $DIFUSOR_NODES (default 2).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${DIFUSOR_CACHE:-$HOME/.cache/difusor}"
+BIN="$CACHE/bin"
+export KWOK_WORKDIR="${KWOK_WORKDIR:-$CACHE/kwok}"
+cmd="${1:-up}"
+NAME="${2:-${DIFUSOR_CLUSTER:-difusor}}"
+NODES="${DIFUSOR_NODES:-2}"
+CLUSTER_DIR="$KWOK_WORKDIR/clusters/$NAME"
+KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig.yaml"
+
+log() { echo "cluster: $*" >&2; }
+kctl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+healthy() {
+  [[ -f "$KUBECONFIG_PATH" ]] && kctl get --raw /readyz >/dev/null 2>&1
+}
+
+up() {
+  [[ -x "$BIN/kube-apiserver" && -x "$BIN/kwokctl" ]] || bash "$HERE/build-k8s.sh" >/dev/null
+  if healthy; then
+    log "cluster $NAME already running"
+  else
+    if [[ -d "$CLUSTER_DIR" ]]; then
+      log "cluster $NAME exists but is not healthy; starting it again"
+      "$BIN/kwokctl" --name "$NAME" start cluster --timeout 120s >&2 2>&1 ||
+        { "$BIN/kwokctl" --name "$NAME" delete cluster >&2 || true; }
+    fi
+    if ! healthy; then
+      log "creating cluster $NAME (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)"
+      "$BIN/kwokctl" --name "$NAME" create cluster \
+        --runtime binary \
+        --kube-authorization --kube-admission \
+        --kubeconfig "$CLUSTER_DIR.kubeconfig" \
+        --etcd-binary "$BIN/etcd" \
+        --kube-apiserver-binary "$BIN/kube-apiserver" \
+        --kube-controller-manager-binary "$BIN/kube-controller-manager" \
+        --kube-scheduler-binary "$BIN/kube-scheduler" \
+        --kwok-controller-binary "$BIN/kwok" \
+        --wait 120s --timeout 300s >&2
+    fi
+  fi
+  local have
+  have="$(kctl get nodes -o name 2>/dev/null | wc -l)"
+  if ((have < NODES)); then
+    log "scaling to $NODES fake nodes"
+    "$BIN/kwokctl" --name "$NAME" scale node --replicas "$NODES" >&2
+  fi
+  kctl wait --for=condition=Ready node --all --timeout=120s >/dev/null
+  log "cluster $NAME ready: $(kctl get nodes -o name | wc -l) nodes, kubeconfig $KUBECONFIG_PATH"
+  echo "$KUBECONFIG_PATH"
+}
+
+down() {
+  if [[ -d "$CLUSTER_DIR" ]]; then
+    "$BIN/kwokctl" --name "$NAME" delete cluster >&2
+    rm -f "$CLUSTER_DIR.kubeconfig"
+    log "cluster $NAME stopped"
+  else
+    log "cluster $NAME is not running"
+  fi
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  kubeconfig) echo "$KUBECONFIG_PATH" ;;
+  *) echo "usage: $0 up|down|kubeconfig [NAME]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""The kopf operator: reconciles each PrepPublication into its serving stack."""

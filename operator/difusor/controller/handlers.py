@@ -1,0 +1,109 @@
+"""kopf handlers: create, update, resume and a timer all run the same level-based reconcile."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+
+from difusor.controller.reconcile import Reconciler, Settings
+from difusor.kube import Cluster, api_client
+from difusor.models import GROUP, VERSION
+from difusor.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL
+
+log = logging.getLogger(__name__)
+
+PLURAL = "preppublications"
+INTERVAL = float(os.environ.get("DIFUSOR_RECONCILE_INTERVAL", "20"))
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Build the dependencies once and keep kopf's bookkeeping under our own prefix."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.execution.max_workers = 8
+    memo.reconciler = Reconciler(
+        Cluster(api_client(os.environ.get("DIFUSOR_KUBECONFIG"))),
+        Settings(
+            image=os.environ.get("DIFUSOR_IMAGE", Settings.image),
+            nginx_image=os.environ.get("DIFUSOR_NGINX_IMAGE", Settings.nginx_image),
+            reconcile_interval=INTERVAL,
+        ),
+    )
+
+
+def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool) -> None:
+    reconciler: Reconciler = memo.reconciler
+    outcome = reconciler.reconcile(
+        {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+    )
+    if outcome.status_patch:
+        _patch_status(reconciler, body, outcome.status_patch)
+    if outcome.invalid:
+        if permanent:
+            raise kopf.PermanentError(outcome.error)
+        return
+    if outcome.error:
+        raise kopf.TemporaryError(outcome.error, delay=10)
+
+
+def _patch_status(reconciler: Reconciler, body: kopf.Body, patch: dict[str, Any]) -> None:
+    api = k8s.CustomObjectsApi(reconciler.cluster.api)
+    try:
+        api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            body.metadata.namespace or "",
+            PLURAL,
+            body.metadata.name,
+            {"status": patch},
+        )
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile on every change of the spec and when the operator starts."""
+    _run(body, memo, permanent=True)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL, initial_delay=INTERVAL)
+def repair(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Undo hand edits and deletions of children, and refresh the status."""
+    _run(body, memo, permanent=False)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels={MANAGED_BY_LABEL: "difusor"})
+def workload_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, namespace: str | None, **_: Any
+) -> None:
+    """Refresh the publication's status when its web pods change (readiness, rollout)."""
+    publication = body.metadata.labels.get(INSTANCE_LABEL)
+    if not publication or not namespace or event.get("type") is None:
+        return
+    reconciler: Reconciler = memo.reconciler
+    api = k8s.CustomObjectsApi(reconciler.cluster.api)
+    try:
+        owner = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, publication)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    outcome = reconciler.reconcile(owner)
+    if outcome.status_patch:
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, publication, {"status": outcome.status_patch},
+        )  # fmt: skip

@@ -1,0 +1,223 @@
+"""One level-based reconcile of a publication: gather, decide, act; shared by every handler."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from pydantic import ValidationError
+
+from difusor.controller import secrets
+from difusor.kube import Cluster
+from difusor.logic.conditions import Observation, compute_conditions
+from difusor.models import API_VERSION, PrepPublicationSpec
+from difusor.render.children import Target, managed_kinds, render_all
+from difusor.render.files import config_files
+from difusor.render.labels import Names, selector_string
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide settings (from its environment, read once at startup)."""
+
+    image: str = "ghcr.io/difusor/difusor:0.1.0"
+    nginx_image: str = "docker.io/nginxinc/nginx-unprivileged:1.27-alpine"
+    reconcile_interval: float = 20.0
+
+
+@dataclass
+class Outcome:
+    """What a reconcile did: the status to write (None when unchanged) and the changes made."""
+
+    status_patch: Obj | None
+    changes: list[str] = field(default_factory=list)
+    error: str | None = None
+    invalid: bool = False
+
+
+def now_rfc3339() -> str:
+    """The current time as the API server writes it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as `spec.field.path: message` lines, the way the API server names fields."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        parts.append(f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Reconciler:
+    """Applies a publication's children and reports its status."""
+
+    def __init__(self, cluster: Cluster, settings: Settings) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.core = k8s.CoreV1Api(cluster.api)
+        self.apps = k8s.AppsV1Api(cluster.api)
+
+    def event(self, body: Obj, *, reason: str, message: str, warning: bool = False) -> None:
+        """Record a core/v1 Event on the publication."""
+        meta = body["metadata"]
+        stamp = datetime.now(UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
+            ),
+            involved_object=k8s.V1ObjectReference(
+                api_version=API_VERSION,
+                kind="PrepPublication",
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            first_timestamp=stamp,
+            last_timestamp=stamp,
+            count=1,
+            source=k8s.V1EventSource(component="difusor-operator"),
+            reporting_component="difusor-operator",
+            reporting_instance="difusor-operator",
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except k8s.ApiException as exc:
+            log.warning("Could not record event %s on %s: %s", reason, meta["name"], exc.reason)
+
+    def reconcile(self, body: Obj) -> Outcome:
+        """Bring the children of one publication to its spec and compute its status."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        generation = int(meta.get("generation", 1))
+        status: Obj = dict(body.get("status") or {})
+        conditions = list(status.get("conditions") or [])
+        now = now_rfc3339()
+
+        try:
+            spec = PrepPublicationSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            message = validation_message(exc)
+            obs = Observation(
+                generation=generation, desired_replicas=0, replicas=0, ready_replicas=0,
+                updated_replicas=0, workload_observed_generation=0, workload_generation=0,
+                min_ready=1, invalid_spec=message,
+            )  # fmt: skip
+            new = {
+                "conditions": compute_conditions(conditions, obs, now=now),
+                "observedGeneration": generation,
+            }
+            patch = _diff(status, new)
+            if patch:
+                self.event(body, reason="InvalidSpec", message=message, warning=True)
+            return Outcome(status_patch=patch, error=message, invalid=True)
+
+        target = Target(
+            name=name,
+            namespace=namespace,
+            uid=meta.get("uid"),
+            image=self.settings.image,
+            nginx_image=self.settings.nginx_image,
+            capabilities=self.cluster.capabilities(),
+            files=config_files(spec, name=name),
+        )
+        changes: list[str] = []
+        apply_error: str | None = None
+        for secret in (secrets.host_keys_secret, secrets.agent_token_secret):
+            obj = secret(target)
+            if self.cluster.create_if_absent(obj):
+                changes.append(f"created Secret {obj['metadata']['name']}")
+
+        desired = render_all(spec, target)
+        for obj in desired:
+            kind, child = obj["kind"], obj["metadata"]["name"]
+            try:
+                what, _ = self.cluster.apply(obj)
+            except (k8s.ApiException, LookupError) as exc:
+                reason = getattr(exc, "body", None) or str(exc)
+                apply_error = f"could not apply {kind} {child}: {_short(reason)}"
+                log.warning("Failed to apply %s %s/%s: %s", kind, namespace, child, apply_error)
+                continue
+            if what != "unchanged":
+                changes.append(f"{what} {kind} {child}")
+        changes.extend(self._prune(desired, namespace=namespace, publication=name))
+
+        for change in changes:
+            log.info("Publication %s/%s: %s", namespace, name, change)
+            self.event(body, reason="ChildChanged", message=change[0].upper() + change[1:])
+        if apply_error:
+            self.event(body, reason="ApplyFailed", message=apply_error, warning=True)
+
+        sts = self._statefulset(Names(name).web, namespace)
+        sts_status = (sts or {}).get("status") or {}
+        active = (status.get("activeCut") or {}).get("id")
+        rollout = status.get("rollout") or {}
+        obs = Observation(
+            generation=generation,
+            desired_replicas=int(((sts or {}).get("spec") or {}).get("replicas", spec.replicas)),
+            replicas=int(sts_status.get("replicas") or 0),
+            ready_replicas=int(sts_status.get("readyReplicas") or 0),
+            updated_replicas=int(sts_status.get("updatedReplicas") or 0),
+            workload_observed_generation=int(sts_status.get("observedGeneration") or 0),
+            workload_generation=int(((sts or {}).get("metadata") or {}).get("generation") or 1),
+            min_ready=spec.promotion.min_ready_replicas,
+            apply_error=apply_error,
+            active_cut=active,
+            rollout_target=rollout.get("targetCut")
+            if rollout.get("phase") not in (None, "Idle")
+            else None,
+        )
+        new = {
+            "conditions": compute_conditions(conditions, obs, now=now),
+            "replicas": obs.replicas,
+            "readyReplicas": obs.ready_replicas,
+            "selector": selector_string(name),
+            "observedGeneration": generation,
+        }
+        return Outcome(status_patch=_diff(status, new), changes=changes, error=apply_error)
+
+    def _statefulset(self, name: str, namespace: str) -> Obj | None:
+        try:
+            sts = self.apps.read_namespaced_stateful_set(name, namespace)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: Obj = self.cluster.api.sanitize_for_serialization(sts)
+        return result
+
+    def _prune(self, desired: list[Obj], *, namespace: str, publication: str) -> list[str]:
+        """Delete children the spec no longer asks for (say, an Ingress after a switch to Gateway)."""
+        wanted = {(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in desired}
+        removed = []
+        for api_version, kind in managed_kinds():
+            for obj in self.cluster.owned(
+                api_version, kind, namespace=namespace, publication=publication
+            ):
+                obj_name = obj["metadata"]["name"]
+                if (api_version, kind, obj_name) in wanted:
+                    continue
+                if self.cluster.delete(api_version, kind, name=obj_name, namespace=namespace):
+                    removed.append(f"deleted {kind} {obj_name}")
+        return removed
+
+
+def _short(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _diff(current: Obj, new: Obj) -> Obj | None:
+    """The fields of `new` that differ from `current` (None when nothing changed)."""
+    patch = {k: v for k, v in new.items() if current.get(k) != v}
+    return patch or None

@@ -1,0 +1,133 @@
+"""Talking to the Kubernetes API: clients, server-side apply of children, discovery."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from difusor.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """A client from a kubeconfig file, $KUBECONFIG, or the pod's ServiceAccount."""
+    if kubeconfig:
+        return k8s_config.new_client_from_config(config_file=kubeconfig)
+    try:
+        k8s_config.load_incluster_config()
+        return k8s.ApiClient()
+    except k8s_config.ConfigException:
+        return k8s_config.new_client_from_config()
+
+
+class Cluster:
+    """Server-side apply and discovery over one API client, safe to share between threads."""
+
+    def __init__(self, api: k8s.ApiClient) -> None:
+        self.api = api
+        self._lock = threading.Lock()
+        self._dynamic: DynamicClient | None = None
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        """The dynamic client (discovery runs once, on first use)."""
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = DynamicClient(self.api)
+            return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Any | None:
+        """The API resource of a kind, or None when the cluster does not serve it."""
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            return None
+
+    def capabilities(self) -> frozenset[str]:
+        """Group versions the cluster serves (optional APIs: Gateway, Traefik, cert-manager)."""
+        groups = k8s.ApisApi(self.api).get_api_versions().groups or []
+        found = {"v1"}
+        for group in groups:
+            for version in group.versions or []:
+                found.add(version.group_version)
+        return frozenset(found)
+
+    def apply(self, obj: Obj) -> tuple[str, Obj]:
+        """Server-side apply one object; returns created, updated or unchanged, and the object."""
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        if res is None:
+            raise LookupError(f"{obj['kind']} ({obj['apiVersion']}) is not served by this cluster")
+        meta = obj["metadata"]
+        before: str | None
+        try:
+            before = self.dynamic.get(res, name=meta["name"], namespace=meta.get("namespace"))[
+                "metadata"
+            ]["resourceVersion"]
+        except NotFoundError:
+            before = None
+        after = self.dynamic.server_side_apply(
+            res,
+            body=obj,
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        ).to_dict()
+        if before is None:
+            return "created", after
+        if after["metadata"]["resourceVersion"] != before:
+            return "updated", after
+        return "unchanged", after
+
+    def owned(self, api_version: str, kind: str, *, namespace: str, publication: str) -> list[Obj]:
+        """Objects of a kind that the operator made for a publication."""
+        res = self.resource(api_version, kind)
+        if res is None:
+            return []
+        selector = f"{INSTANCE_LABEL}={publication},{MANAGED_BY_LABEL}=difusor"
+        items = self.dynamic.get(res, namespace=namespace, label_selector=selector).to_dict()
+        return list(items.get("items") or [])
+
+    def delete(self, api_version: str, kind: str, *, name: str, namespace: str) -> bool:
+        """Delete an object; False when it was already gone."""
+        res = self.resource(api_version, kind)
+        if res is None:
+            return False
+        try:
+            self.dynamic.delete(res, name=name, namespace=namespace)
+        except NotFoundError:
+            return False
+        return True
+
+    def read_secret(self, name: str, namespace: str) -> Obj | None:
+        """A Secret as a dict, or None."""
+        try:
+            secret = k8s.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: Obj = self.api.sanitize_for_serialization(secret)
+        return result
+
+    def create_if_absent(self, obj: Obj) -> bool:
+        """Create an object unless one with its name exists (generated Secrets are kept)."""
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        if res is None:
+            raise LookupError(f"{obj['kind']} is not served by this cluster")
+        try:
+            self.dynamic.create(res, body=obj, namespace=obj["metadata"].get("namespace"))
+        except k8s.ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True

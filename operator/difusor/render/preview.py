@@ -1,0 +1,55 @@
+"""`difusor render`: a PrepPublication YAML in, the YAML stream of its children out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from difusor.models import API_VERSION, PrepPublicationSpec
+from difusor.render.children import Target, render_all, secret_placeholders
+from difusor.render.files import config_files
+
+
+def _dump(obj: Any) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
+
+
+def render_stream(
+    text: str,
+    *,
+    namespace: str | None = None,
+    image: str | None = None,
+    capabilities: list[str] | None = None,
+) -> str:
+    """Every child of every PrepPublication in `text`, as a YAML stream, in apply order."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    if not docs:
+        raise ValueError("no PrepPublication in the input")
+    out: list[str] = []
+    for doc in docs:
+        if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "PrepPublication":
+            raise ValueError(
+                f"expected apiVersion {API_VERSION} kind PrepPublication, got "
+                f"{doc.get('apiVersion')} {doc.get('kind')}"
+            )
+        meta = doc.get("metadata") or {}
+        name = meta.get("name")
+        if not name:
+            raise ValueError("metadata.name is required")
+        try:
+            spec = PrepPublicationSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as exc:
+            raise ValueError(f"{name}: invalid spec: {exc}") from exc
+        defaults = Target(name=name, namespace="default")
+        target = Target(
+            name=name,
+            namespace=meta.get("namespace") or namespace or "default",
+            image=image or defaults.image,
+            capabilities=frozenset(capabilities or ()),
+            files=config_files(spec, name=name),
+        )
+        objects = [*secret_placeholders(target), *render_all(spec, target)]
+        out.extend(_dump(obj) for obj in objects)
+    return "---\n" + "---\n".join(out)
