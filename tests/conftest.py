@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,3 +155,59 @@ def wait_for(
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+class OperatorProcess:
+    """`difusor operator` running as a real process against the test cluster."""
+
+    def __init__(self, kubeconfig: str, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the operator process."""
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "DIFUSOR_KUBECONFIG": self.kubeconfig,
+            "DIFUSOR_RECONCILE_INTERVAL": "10",
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "difusor", "operator", "--liveness", ""],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop gracefully (kopf finishes what it is doing)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    def log(self) -> str:
+        """Everything the operator printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def operator(crds: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator, started for one test and stopped after it."""
+    proc = OperatorProcess(crds, tmp_path / "operator.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,146 @@
+"""The CRDs: generated from the models, and every rule refusing a bad CR with the field's name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from difusor.render.crds import all_crds
+
+from .conftest import REPO, kubectl
+
+
+@pytest.mark.unit
+def test_crds_directory_is_what_the_models_generate() -> None:
+    for name, crd in all_crds().items():
+        on_disk = yaml.safe_load((REPO / "crds" / name).read_text())
+        assert on_disk == crd, f"crds/{name} is stale: run `make crds`"
+
+
+def _publication(spec: dict[str, Any], name: str = "p") -> str:
+    base: dict[str, Any] = {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "keys"}}
+    base.update(spec)
+    return yaml.safe_dump(
+        {
+            "apiVersion": "prep.difusor.io/v1alpha1",
+            "kind": "PrepPublication",
+            "metadata": {"name": name},
+            "spec": base,
+        }
+    )
+
+
+BAD = [
+    ("host", {"host": "Not_A_Host"}, "spec.host"),
+    ("single replica", {"replicas": 1}, "allowSingleReplica"),
+    ("zero replicas", {"replicas": 0, "allowSingleReplica": True}, "spec.replicas"),
+    ("tls without secret or issuer", {"tls": {}}, "tls needs secretName or issuerRef"),
+    ("gateway without parents", {"edge": {"kind": "Gateway"}}, "spec.edge.parentRefs"),
+    ("edge kind", {"edge": {"kind": "LoadBalancer"}}, "spec.edge.kind"),
+    ("cdn without credentials", {"cdn": {"provider": "cloudflare"}}, "cdn.credentialsSecret"),
+    ("cdn provider", {"cdn": {"provider": "akamaii"}}, "spec.cdn.provider"),
+    ("trusted proxy", {"rateLimit": {"trustedProxies": ["10.0.0.0/33"]}}, "spec.rateLimit.trustedProxies[0]"),
+    ("deny list", {"rateLimit": {"denyList": ["nope"]}}, "spec.rateLimit.denyList[0]"),
+    ("source range", {"sftp": {"authorizedKeysSecret": "k", "allowedSourceRanges": ["1.2.3"]}},
+     "spec.sftp.allowedSourceRanges[0]"),
+    ("storage size", {"storage": {"size": "lots"}}, "spec.storage.size"),
+    ("pinned cut", {"pinnedCut": "../etc"}, "spec.pinnedCut"),
+    ("autoscaling bounds", {"autoscaling": {"enabled": True, "minReplicas": 9, "maxReplicas": 3}},
+     "autoscaling.minReplicas must not exceed"),
+    ("no-store path", {"cache": {"noStorePaths": ["json/main.json"]}}, "spec.cache.noStorePaths[0]"),
+    ("max age", {"cache": {"maxAgeSeconds": -1}}, "spec.cache.maxAgeSeconds"),
+    ("sftp port", {"sftp": {"authorizedKeysSecret": "k", "service": {"port": 70000}}}, "spec.sftp.service.port"),
+    ("sftp service type", {"sftp": {"authorizedKeysSecret": "k", "service": {"type": "External"}}},
+     "spec.sftp.service.type"),
+    ("missing keys secret", {"sftp": {}}, "spec.sftp.authorizedKeysSecret"),
+    ("completion", {"ingest": {"completion": "whenever"}}, "spec.ingest.completion"),
+    ("rate", {"rateLimit": {"requestsPerSecond": 0}}, "spec.rateLimit.requestsPerSecond"),
+    ("retention", {"retention": {"cuts": 1}}, "spec.retention.cuts"),
+    ("embedding origin", {"embedding": {"allowedOrigins": ["javascript:alert(1)"]}},
+     "spec.embedding.allowedOrigins[0]"),
+    ("unknown field", {"replicaz": 3}, "replicaz"),
+]  # fmt: skip
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("case", "spec", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_the_api_server_refuses_a_bad_publication_naming_the_field(
+    crds: str, namespace: str, case: str, spec: dict[str, Any], expected: str
+) -> None:
+    out = kubectl(
+        crds, "-n", namespace, "apply", "--dry-run=server", "-f", "-",
+        stdin=_publication(spec), check=False,
+    )  # fmt: skip
+    assert "created (server dry run)" not in out, f"{case}: accepted"
+    assert expected in out, f"{case}: {out}"
+
+
+GOOD = [
+    ("minimal", {}),
+    ("single replica allowed", {"replicas": 1, "allowSingleReplica": True}),
+    ("gateway", {"edge": {"kind": "Gateway", "parentRefs": [{"name": "gw"}]}}),
+    ("ipv6 proxy", {"rateLimit": {"trustedProxies": ["2001:db8::/32", "10.0.0.0/8"]}}),
+    (
+        "varnish needs no credentials",
+        {"cdn": {"provider": "varnish", "endpoint": "http://varnish"}},
+    ),
+    ("tls by issuer", {"tls": {"issuerRef": {"name": "le"}}}),
+]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("case", "spec"), GOOD, ids=[g[0] for g in GOOD])
+def test_the_api_server_accepts_a_good_publication(
+    crds: str, namespace: str, case: str, spec: dict[str, Any]
+) -> None:
+    out = kubectl(
+        crds, "-n", namespace, "apply", "--dry-run=server", "-f", "-", stdin=_publication(spec)
+    )
+    assert "created (server dry run)" in out, case
+
+
+@pytest.mark.cluster
+def test_defaults_are_filled_in_by_the_api_server(crds: str, namespace: str) -> None:
+    kubectl(crds, "-n", namespace, "apply", "-f", "-", stdin=_publication({}))
+    stored = yaml.safe_load(kubectl(crds, "-n", namespace, "get", "prep", "p", "-o", "yaml"))[
+        "spec"
+    ]
+    assert stored["replicas"] == 3
+    assert stored["storage"]["size"] == "20Gi"
+    assert stored["cache"]["noStorePaths"] == ["/json/main.json"]
+    assert stored["ingest"]["cutIdPattern"] == r"(?P<id>\d{8}_\d{4})"
+    assert stored["rateLimit"]["requestsPerSecond"] == 20
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("example", ["minimal.yaml", "full.yaml"])
+def test_the_examples_are_accepted(crds: str, example: str) -> None:
+    kubectl(crds, "create", "namespace", "difusor", check=False)
+    out = kubectl(
+        crds, "apply", "--dry-run=server", "-f", str(REPO / "manifests" / "examples" / example)
+    )
+    assert "(server dry run)" in out
+
+
+@pytest.mark.cluster
+def test_a_cut_with_a_bad_id_is_refused(crds: str, namespace: str) -> None:
+    cut = {
+        "apiVersion": "prep.difusor.io/v1alpha1",
+        "kind": "PrepCut",
+        "metadata": {"name": "p-bad"},
+        "spec": {"publication": "p", "id": "../20240602_2040"},
+    }
+    out = kubectl(
+        crds,
+        "-n",
+        namespace,
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(cut),
+        check=False,
+    )
+    assert "spec.id" in out
