@@ -99,7 +99,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def running_sshd(upload_dir: Path | None = None, *, sftp: SftpSpec | None = None) -> Iterator[Sshd]:
+def running_sshd(*, sftp: SftpSpec | None = None) -> Iterator[Sshd]:
     """sshd on 127.0.0.1 at a free port with the rendered config; killed when the block ends.
 
     Only the user, the port and the paths differ from the pod's config. Under root the process
@@ -116,8 +116,9 @@ def running_sshd(upload_dir: Path | None = None, *, sftp: SftpSpec | None = None
         run = base / "run"
         etc.mkdir()
         run.mkdir()
-        upload = upload_dir or base / "incoming"
-        upload.mkdir(parents=True, exist_ok=True)
+        # The content volume's layout: the agent's store lives at upload.parent.
+        upload = base / "prep" / "incoming"
+        upload.mkdir(parents=True)
         host_key = etc / "ssh_host_ed25519_key"
         _keygen(host_key)
         client_key = base / "client_ed25519"
