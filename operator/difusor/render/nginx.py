@@ -1,0 +1,423 @@
+"""The nginx.conf of a web pod: a pure function of the publication spec, paths and ports."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zoneinfo
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+from difusor.models import ClientAddressHeader, PrepPublicationSpec
+
+#: Port nginx listens on inside the pod (above 1024: nginx runs as a non-root user).
+HTTP_PORT: Final = 8080
+#: Liveness: 200 whenever nginx answers.
+HEALTHZ_PATH: Final = "/healthz"
+#: Readiness: 200 only when `current` resolves to a complete version, 503 otherwise.
+READYZ_PATH: Final = "/readyz"
+#: The content volume (read-only for nginx): `versions/<cut>/` and `current -> versions/<cut>`.
+CONTENT_DIR: Final = "/srv/prep"
+#: A writable emptyDir for the pid file and nginx's temporary directories (read-only root fs).
+RUN_DIR: Final = "/tmp"
+#: JSON access log, on the content volume (subPath `logs`) so that it outlives the pod and the
+#: agent of the same pod can ship it; the agent rotates it and sends nginx USR1 to reopen.
+ACCESS_LOG_PATH: Final = "/var/log/difusor/access.log"
+#: Inside a version, the file whose presence makes the version complete (written last by the agent).
+READY_MARKER: Final = ".prep/manifest.json"
+#: What the institute asks for on /json/main.json, and what every no-store path gets.
+NO_STORE: Final = "no-cache, no-store, must-revalidate"
+#: Request paths never served: dotfiles (.prep/, .git ...) and the content volume's own directories.
+INTERNAL_PATH_REGEX: Final = r"(^|/)\.|^/(incoming|quarantine|versions|current|logs)(/|$)"
+#: Header limits: a request line or one header longer than this is refused (414 / 400).
+LARGE_HEADER_BUFFER: Final = "4 8k"
+#: The access log's format name and its fields, one JSON object per line.
+LOG_FORMAT_NAME: Final = "prep_json"
+LOG_FIELDS: Final = (
+    "ts",
+    "time",
+    "addr",
+    "peer",
+    "method",
+    "path",
+    "query",
+    "status",
+    "bytes",
+    "rt",
+    "ua",
+    "ref",
+    "host",
+    "cut",
+)
+
+#: Types served, with a charset only where the format fixes it (JSON is UTF-8 by RFC 8259); the
+#: institute's HTML and CSV keep their own (some years were latin1), so no `charset` directive,
+#: which would also label every text/html response.
+JSON_TYPE: Final = "application/json; charset=utf-8"
+_TYPES: Final = (
+    ("text/html", "html htm"),
+    ("text/css", "css"),
+    ("text/javascript", "js mjs"),
+    (JSON_TYPE, "json map"),
+    ("application/manifest+json", "webmanifest"),
+    ("text/csv", "csv"),
+    ("text/plain", "txt sha256"),
+    ("application/xml", "xml"),
+    ("application/zip", "zip"),
+    ("application/gzip", "gz tgz"),
+    ("application/x-tar", "tar"),
+    ("application/pdf", "pdf"),
+    ("image/svg+xml", "svg"),
+    ("image/png", "png"),
+    ("image/jpeg", "jpg jpeg"),
+    ("image/gif", "gif"),
+    ("image/webp", "webp"),
+    ("image/avif", "avif"),
+    ("image/x-icon", "ico"),
+    ("font/woff", "woff"),
+    ("font/woff2", "woff2"),
+    ("font/ttf", "ttf"),
+    ("font/otf", "otf"),
+)
+_GZIP_TYPES: Final = (
+    "text/css",
+    "text/javascript",
+    JSON_TYPE,
+    "application/manifest+json",
+    "text/csv",
+    "text/plain",
+    "application/xml",
+    "image/svg+xml",
+)
+#: nginx refuses a limit_conn of 65536 or more (the spec allows up to 100000: the same as none).
+_MAX_LIMIT_CONN: Final = 65535
+_CUT_ID_REGEX: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+#: Years over which a zone must keep one offset for the renderer to derive it on its own.
+_FIXED_OFFSET_YEARS: Final = range(2024, 2038)
+
+
+def fixed_utc_offset(timezone: str) -> str:
+    """The UTC offset (`-06:00`) of a zone that keeps one offset all year, from the tz database.
+
+    A zone with daylight saving time (America/Tijuana) raises ValueError: its offset depends on
+    the date, so the caller passes `cut_utc_offset` for the night of the election. This reads
+    the tz database, which is data that does not change with the clock (America/Mexico_City has
+    had no DST since October 2022).
+    """
+    zone = zoneinfo.ZoneInfo(timezone)
+    offsets = {
+        datetime(year, month, 15, 12, tzinfo=zone).utcoffset()
+        for year in _FIXED_OFFSET_YEARS
+        for month in (1, 7)
+    }
+    if len(offsets) != 1:
+        raise ValueError(
+            f"time zone {timezone} observes daylight saving time; pass cut_utc_offset "
+            "(the offset in force on the night of the election)"
+        )
+    (offset,) = offsets
+    assert offset is not None
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def render_nginx_conf(
+    spec: PrepPublicationSpec,
+    *,
+    content_dir: str = CONTENT_DIR,
+    run_dir: str = RUN_DIR,
+    access_log: str = ACCESS_LOG_PATH,
+    error_log: str = "stderr",
+    listen_addresses: Sequence[str] = ("0.0.0.0",),
+    port: int = HTTP_PORT,
+    user: str | None = None,
+    worker_processes: int | str = "auto",
+    cut_utc_offset: str | None = None,
+    slow_client_timeout_seconds: int = 10,
+) -> str:
+    """nginx.conf for a web pod serving `<content_dir>/current` (run with `-g 'daemon off;'`).
+
+    The defaults are the pod's: a non-root nginx (no `user` directive) on a read-only root
+    filesystem, writing only under `run_dir` and `access_log`. Tests pass loopback addresses,
+    temporary directories and, when they run as root, `user="root"` so that workers can read a
+    private temporary directory. `cut_utc_offset` (`-06:00`) builds X-Prep-Cut-Time from the
+    cut id; when None it is derived from `spec.ingest.timezone` with `fixed_utc_offset`.
+    """
+    offset = (
+        cut_utc_offset if cut_utc_offset is not None else fixed_utc_offset(spec.ingest.timezone)
+    )
+    if not re.fullmatch(r"[+-]\d{2}:\d{2}|Z", offset):
+        raise ValueError(f"cut_utc_offset {offset!r} is not an ISO 8601 offset such as -06:00")
+    content = content_dir.rstrip("/") or "/"
+    current = f"{content}/current"
+    rate = spec.rate_limit
+    no_store = _no_store_locations(spec.cache.no_store_paths)
+    max_age = f"public, max-age={spec.cache.max_age_seconds}"
+
+    out: list[str] = [
+        f"# Rendered by difusor for {spec.host}: do not edit, the operator rewrites it.",
+        f"# Serves {current} (a symlink to versions/<cut>) on port {port}.",
+    ]
+    if user is not None:
+        out.append(f"user {user};")
+    out += [
+        f"worker_processes {worker_processes};",
+        "worker_rlimit_nofile 16384;",
+        f"pid {run_dir}/nginx.pid;",
+        f"error_log {error_log} warn;",
+        "",
+        "events {",
+        "    worker_connections 4096;",
+        "}",
+        "",
+        "http {",
+        "    server_tokens off;",
+        "    sendfile on;",
+        "    tcp_nopush on;",
+        "    tcp_nodelay on;",
+        "    # `current` is swapped by rename(2); every request resolves it anew.",
+        "    disable_symlinks off;",
+        "    open_file_cache off;",
+        "    absolute_redirect off;",
+        "    log_not_found off;",
+        "    autoindex off;",
+        "",
+        f"    client_body_temp_path {run_dir}/nginx-client-body;",
+        f"    proxy_temp_path {run_dir}/nginx-proxy;",
+        f"    fastcgi_temp_path {run_dir}/nginx-fastcgi;",
+        f"    uwsgi_temp_path {run_dir}/nginx-uwsgi;",
+        f"    scgi_temp_path {run_dir}/nginx-scgi;",
+        "",
+        "    # Slow or oversized clients are cut short.",
+        "    client_header_buffer_size 1k;",
+        f"    large_client_header_buffers {LARGE_HEADER_BUFFER};",
+        "    client_max_body_size 1k;",
+        f"    client_header_timeout {slow_client_timeout_seconds}s;",
+        f"    client_body_timeout {slow_client_timeout_seconds}s;",
+        f"    send_timeout {slow_client_timeout_seconds}s;",
+        "    keepalive_timeout 15s;",
+        "    keepalive_requests 1000;",
+        "    reset_timedout_connection on;",
+        "",
+        "    types {",
+        *(f"        {_q(mime) if ' ' in mime else mime} {exts};" for mime, exts in _TYPES),
+        "    }",
+        "    default_type application/octet-stream;",
+        "    gzip on;",
+        "    gzip_vary on;",
+        "    gzip_proxied any;",
+        "    gzip_comp_level 5;",
+        "    gzip_min_length 1024;",
+        f"    gzip_types {' '.join(_q(t) if ' ' in t else t for t in _GZIP_TYPES)};",
+        "",
+        *_indent(_real_ip(rate.trusted_proxies, rate.client_address_header), 4),
+        "    # The cut served: $prep_root is resolved once per request (see the server block);",
+        "    # volatile, because an internal redirect (index) resolves `current` again.",
+        "    map $prep_root $prep_cut {",
+        "        volatile;",
+        f'        "~/versions/(?<prep_cut_id>{_CUT_ID_REGEX})$" $prep_cut_id;',
+        '        default "";',
+        "    }",
+        "    map $prep_cut $prep_cut_time {",
+        "        volatile;",
+        '        "~^(?<prep_y>[0-9]{4})(?<prep_mo>[0-9]{2})(?<prep_d>[0-9]{2})_'
+        '(?<prep_h>[0-9]{2})(?<prep_mi>[0-9]{2})"'
+        f' "${{prep_y}}-${{prep_mo}}-${{prep_d}}T${{prep_h}}:${{prep_mi}}:00{offset}";',
+        '        default "";',
+        "    }",
+        "    # Errors (429, 503 ...) must never be cached by a CDN.",
+        "    map $status $prep_cache_control {",
+        "        volatile;",
+        f'        "~^[23]" "{max_age}";',
+        '        default "no-store";',
+        "    }",
+        "    map $status $prep_retry_after {",
+        "        volatile;",
+        '        429 "1";',
+        '        default "";',
+        "    }",
+        "    map $status $prep_allow {",
+        "        volatile;",
+        '        405 "GET, HEAD";',
+        '        default "";',
+        "    }",
+        "    # Probes are never limited: a flood from the node's address must not unready the pod.",
+        "    map $uri $prep_limit_key {",
+        f'        "{HEALTHZ_PATH}" "";',
+        f'        "{READYZ_PATH}" "";',
+        "        default $binary_remote_addr;",
+        "    }",
+        "    geo $prep_denied {",
+        "        default 0;",
+        *(f"        {cidr} 1;" for cidr in _cidrs(rate.deny_list)),
+        "    }",
+        f"    limit_req_zone $prep_limit_key zone=prep_req:32m rate={rate.requests_per_second}r/s;",
+        "    limit_conn_zone $prep_limit_key zone=prep_conn:16m;",
+        "    limit_req_status 429;",
+        "    limit_conn_status 429;",
+        "    # Rejections are counted from the access log, not written one by one to the error log.",
+        "    limit_req_log_level info;",
+        "    limit_conn_log_level info;",
+        "",
+        f"    log_format {LOG_FORMAT_NAME} escape=json",
+        *(f"        '{part}'" for part in _log_format_parts()[:-1]),
+        f"        '{_log_format_parts()[-1]}';",
+        f"    access_log {access_log} {LOG_FORMAT_NAME} buffer=64k flush=1s;",
+        "",
+        "    server {",
+        *(
+            f"        listen {_listen(address, port)} default_server;"
+            for address in listen_addresses
+        ),
+        f"        server_name {spec.host};",
+        f"        root {current};",
+        "        index index.html;",
+        # nginx refuses burst=0; leaving it out means no burst.
+        f"        limit_req zone=prep_req{f' burst={rate.burst}' if rate.burst else ''} nodelay;",
+        f"        limit_conn prep_conn {min(rate.connections, _MAX_LIMIT_CONN)};",
+        "",
+        "        # Resolve `current` once: the file and the cut headers come from the same version",
+        "        # even if the symlink is swapped while the request is served.",
+        '        set $prep_root "";',
+        f"        if (-d {current}/) {{",
+        "            set $prep_root $realpath_root;",
+        "        }",
+        "        if ($prep_denied) {",
+        "            return 403;",
+        "        }",
+        '        if ($request_method !~ "^(GET|HEAD)$") {',
+        "            return 405;",
+        "        }",
+        f'        if ($uri ~ "{INTERNAL_PATH_REGEX}") {{',
+        "            return 404;",
+        "        }",
+        *_indent(_headers(spec, cache_control="$prep_cache_control"), 8),
+        "",
+        f"        location = {HEALTHZ_PATH} {{",
+        "            access_log off;",
+        "            default_type text/plain;",
+        *_indent(_headers(spec, cache_control="no-store"), 12),
+        '            return 200 "ok\\n";',
+        "        }",
+        "",
+        f"        location = {READYZ_PATH} {{",
+        "            access_log off;",
+        "            default_type text/plain;",
+        *_indent(_headers(spec, cache_control="no-store"), 12),
+        '            if ($prep_cut = "") {',
+        '                return 503 "no version behind current\\n";',
+        "            }",
+        f"            if (!-f $prep_root/{READY_MARKER}) {{",
+        '                return 503 "version $prep_cut is incomplete\\n";',
+        "            }",
+        '            return 200 "ready $prep_cut\\n";',
+        "        }",
+    ]
+    if "/" not in no_store:
+        out += ["", *_indent(_file_location("location /", spec, no_store=False), 8)]
+    for path, modifier in no_store.items():
+        out += [
+            "",
+            *_indent(_file_location(f"location {modifier} {_q(path)}", spec, no_store=True), 8),
+        ]
+    out += ["    }", "}", ""]
+    return "\n".join(out)
+
+
+def _file_location(head: str, spec: PrepPublicationSpec, *, no_store: bool) -> list[str]:
+    lines = [f"{head} {{", "    root $prep_root;"]
+    if no_store:
+        # No validators, so no 304 can confirm a reader's copy of an older cut.
+        lines += ["    etag off;", "    if_modified_since off;", '    add_header Last-Modified "";']
+        lines += _indent(_headers(spec, cache_control=NO_STORE, no_store=True), 4)
+    else:
+        lines += _indent(_headers(spec, cache_control="$prep_cache_control"), 4)
+    lines += ['    if ($prep_cut = "") {', "        return 503;", "    }", "}"]
+    return lines
+
+
+def _headers(spec: PrepPublicationSpec, *, cache_control: str, no_store: bool = False) -> list[str]:
+    """add_header lines for one level (nginx inherits add_header only into levels with none)."""
+    ancestors = " ".join(["'self'", *dict.fromkeys(spec.embedding.allowed_origins)])
+    lines = [
+        "add_header X-Prep-Cut $prep_cut always;",
+        "add_header X-Prep-Cut-Time $prep_cut_time always;",
+        f'add_header Cache-Control "{cache_control}" always;',
+    ]
+    if no_store:
+        lines += ['add_header Pragma "no-cache" always;', 'add_header Expires "0" always;']
+    lines += [
+        'add_header X-Content-Type-Options "nosniff" always;',
+        'add_header Referrer-Policy "strict-origin-when-cross-origin" always;',
+        f'add_header Content-Security-Policy "frame-ancestors {ancestors}" always;',
+        "add_header Retry-After $prep_retry_after always;",
+        "add_header Allow $prep_allow always;",
+    ]
+    if spec.tls is not None:
+        lines.append('add_header Strict-Transport-Security "max-age=31536000" always;')
+    return lines
+
+
+def _real_ip(trusted: Sequence[str], header: ClientAddressHeader) -> list[str]:
+    if not trusted:
+        return ["# No trusted proxies: the client address is the TCP peer.", ""]
+    lines = [f"# {header.value} is believed only from these proxies."]
+    lines += [f"set_real_ip_from {cidr};" for cidr in _cidrs(trusted)]
+    lines.append(f"real_ip_header {header.value};")
+    if header is ClientAddressHeader.X_FORWARDED_FOR:
+        lines.append("real_ip_recursive on;")
+    return [*lines, ""]
+
+
+def _log_format_parts() -> list[str]:
+    values = {
+        "ts": "$msec",
+        "time": '"$time_iso8601"',
+        "addr": '"$remote_addr"',
+        "peer": '"$realip_remote_addr"',
+        "method": '"$request_method"',
+        "path": '"$uri"',
+        "query": '"$args"',
+        "status": "$status",
+        "bytes": "$body_bytes_sent",
+        "rt": "$request_time",
+        "ua": '"$http_user_agent"',
+        "ref": '"$http_referer"',
+        "host": '"$host"',
+        "cut": '"$prep_cut"',
+    }
+    assert tuple(values) == LOG_FIELDS
+    items = [f'"{key}":{value}' for key, value in values.items()]
+    return ["{" + items[0] + ","] + [f"{item}," for item in items[1:-1]] + [items[-1] + "}"]
+
+
+def _no_store_locations(paths: Sequence[str]) -> dict[str, str]:
+    """no-store path -> location modifier: `=` for a file, `^~` for a directory (trailing /)."""
+    locations: dict[str, str] = {}
+    for path in paths:
+        if path in (HEALTHZ_PATH, READYZ_PATH):
+            raise ValueError(f"cache.noStorePaths cannot hold the probe path {path}")
+        locations[path] = "^~" if path.endswith("/") else "="
+    return locations
+
+
+def _cidrs(values: Sequence[str]) -> list[str]:
+    """CIDRs normalised (host bits cleared) and deduplicated, in the spec's order."""
+    return list(dict.fromkeys(str(ipaddress.ip_network(v, strict=False)) for v in values))
+
+
+def _listen(address: str, port: int) -> str:
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{address}:{port}"
+
+
+def _q(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _indent(lines: list[str], width: int) -> list[str]:
+    pad = " " * width
+    return [pad + line if line else line for line in lines]
