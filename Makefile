@@ -61,3 +61,11 @@ test: setup lint ## everything: lint, unit, cluster and e2e tests
 .PHONY: test-unit
 test-unit: venv ## only the tests that need no process nor cluster
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: venv k8s-bins ## run it locally: control plane, operator and the example publication
+	bash hack/demo.sh up
+
+.PHONY: demo-down
+demo-down: ## stop what `make demo` started
+	bash hack/demo.sh down
