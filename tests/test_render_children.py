@@ -211,3 +211,21 @@ def test_render_names_the_bad_field() -> None:
     }
     with pytest.raises(ValueError, match="host"):
         render_stream(yaml.safe_dump(doc))
+
+
+def test_scheduling_reaches_the_pod_template() -> None:
+    spec = _spec(
+        scheduling={
+            "nodeSelector": {"pool": "election"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "prep", "effect": "NoSchedule"}
+            ],
+            "priorityClassName": "election-critical",
+        }
+    )
+    pod = _one(render_all(spec, TARGET), "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "election"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "prep", "effect": "NoSchedule"}
+    ]
+    assert pod["priorityClassName"] == "election-critical"

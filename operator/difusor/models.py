@@ -410,6 +410,32 @@ class AutoscalingSpec(Model):
         return self
 
 
+class Toleration(Model):
+    """A toleration of the web pods (as in the Pod API)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    """Taint key; empty with operator Exists matches every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value (with Equal)."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; every effect when unset."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """With NoExecute: how long the pod stays after the taint appears."""
+
+
+class SchedulingSpec(Model):
+    """Where the web pods run (a dedicated node pool for election night, say)."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the web pods require."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Taints the web pods tolerate."""
+    priority_class_name: ObjectName | None = None
+    """PriorityClass of the web pods (keeps them ahead of less urgent work)."""
+
+
 class PrepPublicationSpec(Model):
     """Desired state of one difusor site."""
 
@@ -457,6 +483,8 @@ class PrepPublicationSpec(Model):
     """Rollout of new cuts."""
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     """Horizontal autoscaling."""
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    """Node selection, tolerations and priority of the web pods."""
     pinned_cut: CutId | None = None
     """Serve this cut instead of the newest (instant rollback); unset to follow new cuts."""
 

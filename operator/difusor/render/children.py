@@ -421,6 +421,7 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
                 },
             ],
             "containers": [nginx, agent, sftp],
+            **_scheduling(spec),
             "volumes": [
                 {"name": "config", "configMap": {"name": names.config}},
                 tmp,
@@ -442,6 +443,18 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
             ],
         },
     }
+
+
+def _scheduling(spec: PrepPublicationSpec) -> Obj:
+    sched = spec.scheduling
+    out: Obj = {}
+    if sched.node_selector:
+        out["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        out["tolerations"] = [t.wire() for t in sched.tolerations]
+    if sched.priority_class_name:
+        out["priorityClassName"] = sched.priority_class_name
+    return out
 
 
 def stateful_set(spec: PrepPublicationSpec, target: Target) -> Obj:
