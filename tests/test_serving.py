@@ -13,9 +13,18 @@ from pathlib import Path
 import pytest
 
 from difusor.logic.attack import LogRecord, minute_figures
-from difusor.render.nginx import HEALTHZ_PATH, LOG_FIELDS, NO_STORE, READYZ_PATH
+from difusor.render.nginx import (
+    ACCESS_LOG_PATH,
+    CONTENT_DIR,
+    HEALTHZ_PATH,
+    LOG_FIELDS,
+    NO_STORE,
+    READYZ_PATH,
+    RUN_DIR,
+)
 
-from .nginxproc import Nginx, Site, make_spec, running_nginx, version_files
+from .conftest import REPO
+from .nginxproc import Nginx, Site, make_spec, nginx_test, running_nginx, version_files
 
 pytestmark = pytest.mark.e2e
 
@@ -23,6 +32,27 @@ CUT_A = "20240602_2040"
 CUT_B = "20240602_2100"
 CUT_C = "20240602_2120"
 PORTAL = "https://www.portal.example.mx"
+GOLDEN = REPO / "tests" / "golden" / "nginx"
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in GOLDEN.glob("*.conf")))
+def test_nginx_accepts_every_golden_config(tmp_path: Path, name: str) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "run").mkdir()
+    text = (GOLDEN / f"{name}.conf").read_text()
+    moved = (
+        text.replace(ACCESS_LOG_PATH, f"{tmp_path}/logs/access.log")
+        .replace(f" {RUN_DIR}/nginx", f" {tmp_path}/run/nginx")
+        .replace(f" {CONTENT_DIR}/", f" {tmp_path}/content/")
+    )
+    for pod_path in (CONTENT_DIR, ACCESS_LOG_PATH, f" {RUN_DIR}/nginx"):
+        assert pod_path in text
+        assert pod_path not in moved
+    config = tmp_path / "nginx.conf"
+    config.write_text(moved)
+    result = nginx_test(config)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
 
 
 @pytest.fixture

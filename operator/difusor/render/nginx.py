@@ -340,7 +340,7 @@ def _file_location(head: str, spec: PrepPublicationSpec, *, no_store: bool) -> l
 
 def _headers(spec: PrepPublicationSpec, *, cache_control: str, no_store: bool = False) -> list[str]:
     """add_header lines for one level (nginx inherits add_header only into levels with none)."""
-    ancestors = " ".join(["'self'", *dict.fromkeys(spec.embedding.allowed_origins)])
+    ancestors = " ".join(dict.fromkeys(["'self'", *spec.embedding.allowed_origins]))
     lines = [
         "add_header X-Prep-Cut $prep_cut always;",
         "add_header X-Prep-Cut-Time $prep_cut_time always;",
