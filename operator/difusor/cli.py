@@ -58,6 +58,12 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cut_verify(args: argparse.Namespace) -> int:
+    from difusor.ingest.cutverify import run
+
+    return run(args)
+
+
 def dump_yaml(obj: object) -> str:
     """YAML as written to crds/ and printed by `render`: block style, keys in insertion order."""
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
@@ -96,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="an optional API group version the cluster serves (traefik.io/v1alpha1, ...)",
     )  # fmt: skip
     render.set_defaults(handler=_cmd_render)
+
+    cut = sub.add_parser("cut", help="tools for cut packages").add_subparsers(
+        dest="cut_command", required=True
+    )
+    cut_verify = cut.add_parser("verify", help="validate an archive as the ingest would")
+    cut_verify.add_argument("archive", help="the archive as the institute would upload it")
+    cut_verify.add_argument("--checksum", help="its sha256sum file (ARCHIVE.sha256)")
+    cut_verify.add_argument("--after", help="the active cut: older cuts are StaleCut")
+    cut_verify.add_argument("--pattern", help="ingest.cutIdPattern (default: YYYYMMDD_HHMM)")
+    cut_verify.add_argument("--timezone", help="ingest.timezone (default: America/Mexico_City)")
+    cut_verify.set_defaults(handler=_cmd_cut_verify)
     return parser
 
 
