@@ -195,6 +195,17 @@ def detect_attacks(
     return signals
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _within(network: Network, other: Network) -> bool:
+    if isinstance(network, ipaddress.IPv4Network) and isinstance(other, ipaddress.IPv4Network):
+        return network.subnet_of(other)
+    if isinstance(network, ipaddress.IPv6Network) and isinstance(other, ipaddress.IPv6Network):
+        return network.subnet_of(other)
+    return False
+
+
 def suggest_deny_list(
     signals: Iterable[AttackSignal],
     *,
@@ -227,10 +238,7 @@ def suggest_deny_list(
         network = ipaddress.ip_network(cidr, strict=False)
         if any(network.overlaps(other) for other in shielded):
             continue
-        if any(
-            network.version == other.version and network.subnet_of(other)  # type: ignore[arg-type]
-            for other in covered
-        ):
+        if any(_within(network, other) for other in covered):
             continue
         suggested.append(str(network))
     return suggested[:limit]
