@@ -99,11 +99,12 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def running_sshd(*, sftp: SftpSpec | None = None) -> Iterator[Sshd]:
+def running_sshd(*, sftp: SftpSpec | None = None, plain: bool = False) -> Iterator[Sshd]:
     """sshd on 127.0.0.1 at a free port with the rendered config; killed when the block ends.
 
     Only the user, the port and the paths differ from the pod's config. Under root the process
-    drops to `nobody`, so it is exactly the non-root sshd of the pod.
+    drops to an unprivileged user, so it is exactly the non-root sshd of the pod. `plain` runs
+    sshd with its defaults instead (the benchmark's baseline).
     """
     sshd_bin = require_binary("sshd")
     user, prefix = _run_as()
@@ -131,8 +132,10 @@ def running_sshd(*, sftp: SftpSpec | None = None) -> Iterator[Sshd]:
         for path in (host_key, run, upload):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         config = etc / "sshd_config"
-        config.write_text(
-            render_sshd_config(
+        rendered = (
+            _plain_config(port, host_key, authorized, run / "sshd.pid")
+            if plain
+            else render_sshd_config(
                 sftp or SftpSpec(authorized_keys_secret="keys"),
                 port=port,
                 listen_addresses=("127.0.0.1",),
@@ -143,6 +146,7 @@ def running_sshd(*, sftp: SftpSpec | None = None) -> Iterator[Sshd]:
                 user=user,
             )
         )
+        config.write_text(rendered)
         log = base / "sshd.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -158,6 +162,14 @@ def running_sshd(*, sftp: SftpSpec | None = None) -> Iterator[Sshd]:
             proc.kill()
             proc.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _plain_config(port: int, host_key: Path, authorized: Path, pid_file: Path) -> str:
+    return (
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {pid_file}\n"
+        f"AuthorizedKeysFile {authorized}\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\n"
+    )
 
 
 def client_options(sshd: Sshd) -> list[str]:
