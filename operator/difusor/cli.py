@@ -23,17 +23,21 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_operator(args: argparse.Namespace) -> int:
+def _logging(verbose: bool) -> None:
     import logging
 
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     import difusor.controller.handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _logging(args.verbose)
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
@@ -41,6 +45,13 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness or None,
     )
     return 0
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from difusor.agent.main import AgentConfig, run
+
+    _logging(args.verbose)
+    return run(AgentConfig.from_env())
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -88,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness URL")
     op.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     op.set_defaults(handler=_cmd_operator)
+
+    agent = sub.add_parser("agent", help="run a web pod's agent (configured by its environment)")
+    agent.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    agent.set_defaults(handler=_cmd_agent)
 
     render = sub.add_parser(
         "render", help="print every child object the operator would apply, without a cluster"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client as k8s
@@ -131,3 +132,40 @@ class Cluster:
                 return False
             raise
         return True
+
+
+def record_event(
+    api: k8s.ApiClient,
+    *,
+    involved: Obj,
+    reason: str,
+    message: str,
+    warning: bool = False,
+    component: str,
+) -> None:
+    """Record a core/v1 Event about an object (given as apiVersion/kind/metadata); never raises."""
+    meta = involved["metadata"]
+    stamp = datetime.now(UTC)
+    event = k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        involved_object=k8s.V1ObjectReference(
+            api_version=involved["apiVersion"],
+            kind=involved["kind"],
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta.get("uid"),
+        ),
+        reason=reason,
+        message=message[:1024],
+        type="Warning" if warning else "Normal",
+        first_timestamp=stamp,
+        last_timestamp=stamp,
+        count=1,
+        source=k8s.V1EventSource(component=component),
+        reporting_component=component,
+        reporting_instance=component,
+    )
+    try:
+        k8s.CoreV1Api(api).create_namespaced_event(meta["namespace"], event)
+    except k8s.ApiException as exc:
+        log.warning("Could not record event %s on %s: %s", reason, meta["name"], exc.reason)

@@ -11,7 +11,7 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller import secrets
-from difusor.kube import Cluster
+from difusor.kube import Cluster, record_event
 from difusor.logic.conditions import Observation, compute_conditions
 from difusor.models import API_VERSION, PrepPublicationSpec
 from difusor.render.children import Target, managed_kinds, render_all
@@ -66,34 +66,19 @@ class Reconciler:
         self.apps = k8s.AppsV1Api(cluster.api)
 
     def event(self, body: Obj, *, reason: str, message: str, warning: bool = False) -> None:
-        """Record a core/v1 Event on the publication."""
-        meta = body["metadata"]
-        stamp = datetime.now(UTC)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(
-                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
-            ),
-            involved_object=k8s.V1ObjectReference(
-                api_version=API_VERSION,
-                kind="PrepPublication",
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta.get("uid"),
-            ),
+        """Record an Event on the publication."""
+        record_event(
+            self.cluster.api,
+            involved={
+                "apiVersion": API_VERSION,
+                "kind": "PrepPublication",
+                "metadata": body["metadata"],
+            },
             reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            first_timestamp=stamp,
-            last_timestamp=stamp,
-            count=1,
-            source=k8s.V1EventSource(component="difusor-operator"),
-            reporting_component="difusor-operator",
-            reporting_instance="difusor-operator",
+            message=message,
+            warning=warning,
+            component="difusor-operator",
         )
-        try:
-            self.core.create_namespaced_event(meta["namespace"], event)
-        except k8s.ApiException as exc:
-            log.warning("Could not record event %s on %s: %s", reason, meta["name"], exc.reason)
 
     def reconcile(self, body: Obj) -> Outcome:
         """Bring the children of one publication to its spec and compute its status."""

@@ -1,0 +1,336 @@
+"""`difusor agent`: the ingest loop, the promotion duties of one pod, and its HTTP endpoints."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from pydantic import ValidationError
+
+from difusor.agent.peers import PeerError, fetch_version, manifest_payload, write_bundle
+from difusor.agent.records import Conflict, Records
+from difusor.ingest.scan import Intake
+from difusor.ingest.store import Quarantined, Store, Stored, _remove
+from difusor.kube import api_client
+from difusor.logic.cuts import parse_cut
+from difusor.models import GROUP, VERSION, PrepPublicationSpec
+from difusor.render.labels import ACTIVE_ANNOTATION, STAGED_ANNOTATION, selector_string
+
+log = logging.getLogger("difusor.agent")
+
+STAGING = "Staging"
+COMMITTING = "Committing"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Where the agent is and what it talks to (from the pod's environment)."""
+
+    publication: str
+    namespace: str
+    pod: str
+    pod_ip: str
+    content_dir: Path
+    address: str
+    port: int
+    token_file: Path
+    kubeconfig: str | None
+    interval: float
+
+    @classmethod
+    def from_env(cls) -> AgentConfig:
+        """Read the variables the pod template sets."""
+        env = os.environ
+        return cls(
+            publication=env["DIFUSOR_PUBLICATION"],
+            namespace=env["DIFUSOR_NAMESPACE"],
+            pod=env["DIFUSOR_POD_NAME"],
+            pod_ip=env.get("DIFUSOR_POD_IP", "127.0.0.1"),
+            content_dir=Path(env.get("DIFUSOR_CONTENT_DIR", "/srv/prep")),
+            address=env.get("DIFUSOR_AGENT_ADDRESS", "0.0.0.0"),
+            port=int(env.get("DIFUSOR_AGENT_PORT", "8081")),
+            token_file=Path(env.get("DIFUSOR_AGENT_TOKEN_FILE", "/etc/difusor/agent-token/token")),
+            kubeconfig=env.get("DIFUSOR_KUBECONFIG") or None,
+            interval=float(env.get("DIFUSOR_AGENT_INTERVAL", "0.5")),
+        )
+
+
+class Agent:
+    """One pod's agent. `step()` is one pass of the loop; the HTTP server runs beside it."""
+
+    def __init__(self, config: AgentConfig, api: k8s.ApiClient) -> None:
+        self.config = config
+        self.api = api
+        self.core = k8s.CoreV1Api(api)
+        self.custom = k8s.CustomObjectsApi(api)
+        self.store = Store(config.content_dir)
+        self.intake = Intake(self.store)
+        self.records = Records(api, namespace=config.namespace, pod=config.pod)
+        self.token = config.token_file.read_text().strip()
+        self.lock = threading.Lock()
+        self.status: dict[str, Any] | None = None
+        self.reported: dict[str, str | None] = {}
+        self.last_error: str | None = None
+
+    # --- what the HTTP endpoints ask -------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready only while this pod serves the cut the publication says is active."""
+        with self.lock:
+            status = self.status
+        if status is None:
+            return False, "publication not read yet"
+        current = self.store.active_cut()
+        active = (status.get("activeCut") or {}).get("id")
+        rollout = status.get("rollout") or {}
+        acceptable = {active}
+        if rollout.get("phase") == COMMITTING:
+            # Mid-commit both cuts are whole versions; leaving rotation here would empty it.
+            acceptable.add(rollout.get("targetCut"))
+        if current is None:
+            return False, "no version served yet"
+        if current in acceptable:
+            return True, f"serving {current}"
+        return False, f"serving {current}, active cut is {active}"
+
+    def authorized(self, header: str | None) -> bool:
+        """The peer presented this publication's agent token."""
+        expected = f"Bearer {self.token}"
+        return header is not None and hmac.compare_digest(header.encode(), expected.encode())
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def step(self, now: datetime) -> None:
+        """Ingest what is complete, then do this pod's part of the promotion."""
+        publication = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.config.namespace, "preppublications", self.config.publication
+        )
+        try:
+            spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
+        except ValidationError as exc:
+            self.last_error = f"invalid spec: {exc}"
+            return
+        status = publication.get("status") or {}
+        with self.lock:
+            self.status = status
+        self._ingest(publication, spec, now)
+        self._promote(spec, status)
+
+    def _ingest(
+        self, publication: dict[str, Any], spec: PrepPublicationSpec, now: datetime
+    ) -> None:
+        for outcome in self.intake.run(ingest=spec.ingest, pinned=spec.pinned_cut, now=now):
+            if isinstance(outcome, Stored):
+                try:
+                    self.records.stored(
+                        publication, outcome, received_at=now.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    )
+                except Conflict as exc:
+                    log.warning("Refused %s: %s", outcome.archive, exc)
+                    if outcome.cut != self.store.active_cut():
+                        _remove(self.store.versions / outcome.cut)
+                    self.records.event(
+                        publication, reason="RejectedConflict", message=str(exc), warning=True
+                    )
+                continue
+            assert isinstance(outcome, Quarantined)
+            log.warning("Quarantined %s: %s %s", outcome.archive, outcome.reason, outcome.message)
+            try:
+                cut_id: str | None = parse_cut(
+                    outcome.archive,
+                    pattern=spec.ingest.cut_id_pattern,
+                    timezone=spec.ingest.timezone,
+                ).id
+            except ValueError:
+                cut_id = None
+            self.records.rejected(publication, outcome, cut_id=cut_id)
+
+    def _promote(self, spec: PrepPublicationSpec, status: dict[str, Any]) -> None:
+        active = (status.get("activeCut") or {}).get("id")
+        rollout = status.get("rollout") or {}
+        phase = rollout.get("phase") or "Idle"
+        target = rollout.get("targetCut") if phase in (STAGING, COMMITTING) else None
+        local = set(self.store.cuts())
+        for cut in (target, active):
+            if cut and cut not in local and self._fetch(cut):
+                local.add(cut)
+        current = self.store.active_cut()
+        if phase == COMMITTING and target in local and current != target:
+            self.store.swap_current(target)
+            log.info("Swapped current to cut %s (commit)", target)
+        elif (
+            active
+            and active in local
+            and current != active
+            and not (phase == COMMITTING and current == target)
+        ):
+            self.store.swap_current(active)
+            log.info("Swapped current to the active cut %s", active)
+        current = self.store.active_cut()
+        self._report(
+            staged=target if target in local else self.reported.get("staged"), active=current
+        )
+        self.store.prune(
+            keep=spec.retention.cuts, protected=[active, target, spec.pinned_cut, current]
+        )
+
+    def _fetch(self, cut: str) -> bool:
+        record = self.records.get(self.config.publication, cut) or {}
+        digest = (record.get("spec") or {}).get("manifestDigest")
+        received_by = (record.get("spec") or {}).get("receivedBy")
+        for peer in self._peers_with(cut, prefer=received_by):
+            try:
+                counts = fetch_version(
+                    self.store, cut=cut, peer=peer, token=self.token, expected_digest=digest
+                )
+            except (PeerError, OSError) as exc:
+                log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
+                continue
+            log.info(
+                "Fetched cut %s from %s (%d files linked, %d fetched)",
+                cut, peer, counts["linked"], counts["fetched"],
+            )  # fmt: skip
+            return True
+        return False
+
+    def _peers_with(self, cut: str, *, prefer: str | None) -> list[str]:
+        pods = self.core.list_namespaced_pod(
+            self.config.namespace, label_selector=selector_string(self.config.publication)
+        ).items
+        found: list[tuple[int, str]] = []
+        for pod in pods:
+            if pod.metadata.name == self.config.pod or not pod.status.pod_ip:
+                continue
+            notes = pod.metadata.annotations or {}
+            has = (
+                cut in (notes.get(STAGED_ANNOTATION) or "").split(",")
+                or notes.get(ACTIVE_ANNOTATION) == cut
+            )
+            if pod.metadata.name == prefer or has:
+                rank = 0 if pod.metadata.name == prefer else 1
+                found.append((rank, f"http://{pod.status.pod_ip}:{self.config.port}"))
+        return [url for _, url in sorted(found)]
+
+    def _report(self, *, staged: str | None, active: str | None) -> None:
+        wanted = {STAGED_ANNOTATION: staged, ACTIVE_ANNOTATION: active}
+        if all(self.reported.get(k.rsplit("/", 1)[1]) == v for k, v in wanted.items()):
+            return
+        self.core.patch_namespaced_pod(
+            self.config.pod, self.config.namespace, {"metadata": {"annotations": wanted}}
+        )
+        self.reported = {"staged": staged, "active": active}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    agent: Agent
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("http: " + format, *args)
+
+    def _send(
+        self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _version(self) -> tuple[str, str] | None:
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["v1", "versions"]:
+            return parts[2], parts[3]
+        return None
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._send(200, b"ok\n")
+            return
+        if self.path == "/readyz":
+            ok, why = self.agent.ready()
+            self._send(200 if ok else 503, (why + "\n").encode())
+            return
+        found = self._version()
+        if found is None or found[1] != "manifest":
+            self._send(404, b"not found\n")
+            return
+        if not self.agent.authorized(self.headers.get("Authorization")):
+            self._send(401, b"unauthorized\n")
+            return
+        cut = found[0]
+        if cut not in self.agent.store.cuts():
+            self._send(404, f"no version {cut}\n".encode())
+            return
+        self._send(200, manifest_payload(self.agent.store, cut), "application/json")
+
+    def do_POST(self) -> None:
+        found = self._version()
+        if found is None or found[1] != "bundle":
+            self._send(404, b"not found\n")
+            return
+        if not self.agent.authorized(self.headers.get("Authorization")):
+            self._send(401, b"unauthorized\n")
+            return
+        cut = found[0]
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            paths = json.loads(self.rfile.read(length))["paths"]
+        except (ValueError, KeyError, TypeError):
+            self._send(400, b'body must be {"paths": [...]}\n')
+            return
+        if cut not in self.agent.store.cuts():
+            self._send(404, f"no version {cut}\n".encode())
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-tar")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        write_bundle(self.agent.store, cut, paths, self.wfile)
+
+
+def serve(agent: Agent) -> ThreadingHTTPServer:
+    """Start the agent's HTTP endpoints in a background thread."""
+    handler = type("Handler", (_Handler,), {"agent": agent})
+    server = ThreadingHTTPServer((agent.config.address, agent.config.port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="agent-http", daemon=True).start()
+    return server
+
+
+def run(config: AgentConfig) -> int:
+    """Recover the store, serve the endpoints, and loop until SIGTERM."""
+    agent = Agent(config, api_client(config.kubeconfig))
+    for line in agent.store.recover():
+        log.info("Recovered the content store: %s", line)
+    server = serve(agent)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    log.info(
+        "Agent of %s/%s on pod %s serving on %s:%d",
+        config.namespace, config.publication, config.pod, config.address, config.port,
+    )  # fmt: skip
+    while not stopping.is_set():
+        started = time.monotonic()
+        try:
+            agent.step(datetime.now(UTC))
+            agent.last_error = None
+        except (k8s.ApiException, OSError, PeerError) as exc:
+            agent.last_error = str(exc)
+            log.warning("Agent step failed: %s", exc)
+        stopping.wait(max(0.0, config.interval - (time.monotonic() - started)))
+    server.shutdown()
+    return 0

@@ -1,0 +1,186 @@
+"""Copying a version between pods: a peer serves its manifest and a tar of the files asked for.
+
+A pod that lacks a cut asks a peer that has it for the manifest, hard-links every file it already
+holds with the same content (from any local version), and fetches only the rest as one tar
+stream. Every fetched file is hashed while it is written and must match the manifest, and the
+manifest's digest must match the one recorded on the PrepCut when the cut was verified: a peer
+can make a pod fetch again, never serve something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from difusor.ingest.store import Store, _fsync_dir, _remove, _syncfs, _write_json
+from difusor.logic.archive import META_DIR, ManifestEntry, manifest_entries, member_path
+from difusor.logic.cuts import WORK_SUFFIX
+
+CHUNK = 1 << 20
+TIMEOUT = 60.0
+
+
+class PeerError(Exception):
+    """A peer could not give a verified copy of a version."""
+
+
+def manifest_payload(store: Store, cut: str) -> bytes:
+    """What GET /v1/versions/<cut>/manifest answers: the manifest and the cut record."""
+    meta = store.versions / cut / META_DIR
+    document = json.loads((meta / "manifest.json").read_text())
+    record = json.loads((meta / "cut.json").read_text())
+    return json.dumps({"manifest": document, "cut": record}).encode()
+
+
+def write_bundle(
+    store: Store, cut: str, paths: Iterable[str], out: IO[bytes] | io.BufferedIOBase
+) -> int:
+    """A tar stream of the named files of a version onto `out`; returns the number of files."""
+    root = store.versions / cut
+    count = 0
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path in paths:
+            clean = member_path(path)
+            source = root / clean
+            if source.is_symlink() or not source.is_file():
+                raise FileNotFoundError(f"{clean} is not a file of version {cut}")
+            info = tar.gettarinfo(str(source), arcname=clean)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with source.open("rb") as stream:
+                tar.addfile(info, stream)
+            count += 1
+    return count
+
+
+class _Request:
+    def __init__(self, base: str, token: str) -> None:
+        parts = urlsplit(base)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 8081
+        self.token = token
+
+    def open(self, method: str, path: str, body: bytes | None = None) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            detail = resp.read(512).decode(errors="replace")
+            conn.close()
+            raise PeerError(
+                f"{method} {path} on {self.host}:{self.port} answered {resp.status}: {detail}"
+            )
+        return resp
+
+
+def _local_index(store: Store) -> dict[tuple[str, int], Path]:
+    """Every file of every complete local version by content, the active version's first."""
+    index: dict[tuple[str, int], Path] = {}
+    active = store.active_cut()
+    ordered = sorted(store.cuts(), key=lambda c: c != active)
+    for cut in ordered:
+        try:
+            entries = store.manifest(cut)
+        except (OSError, ValueError):
+            continue
+        for entry in entries:
+            index.setdefault((entry.sha256, entry.size), store.versions / cut / entry.path)
+    return index
+
+
+def fetch_version(
+    store: Store, *, cut: str, peer: str, token: str, expected_digest: str | None
+) -> dict[str, int]:
+    """Install versions/<cut>/ from a peer; returns how many files were linked and fetched."""
+    final = store.versions / cut
+    if final.exists():
+        return {"linked": 0, "fetched": 0}
+    request = _Request(peer, token)
+    with request.open("GET", f"/v1/versions/{cut}/manifest") as resp:
+        payload: dict[str, Any] = json.loads(resp.read())
+    document, record = payload["manifest"], payload["cut"]
+    try:
+        entries = manifest_entries(document)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PeerError(f"peer {peer} sent a bad manifest for {cut}: {exc}") from exc
+    if expected_digest and document.get("digest") != expected_digest:
+        raise PeerError(
+            f"peer {peer} has {cut} with digest {document.get('digest')}, expected {expected_digest}"
+        )
+    work = store.versions / f"{cut}{WORK_SUFFIX}"
+    _remove(work)
+    work.mkdir(parents=True)
+    try:
+        linked, needed = _link_known(entries, work, _local_index(store))
+        if needed:
+            body = json.dumps({"paths": sorted(needed)}).encode()
+            with request.open("POST", f"/v1/versions/{cut}/bundle", body) as resp:
+                _receive(resp, work, needed)
+        meta = work / META_DIR
+        meta.mkdir(exist_ok=True)
+        _write_json(meta / "manifest.json", document)
+        _write_json(meta / "cut.json", {**record, "fetchedFrom": peer})
+        _syncfs(store.versions)
+        os.rename(work, final)
+        _fsync_dir(store.versions)
+    except BaseException:
+        _remove(work)
+        raise
+    return {"linked": linked, "fetched": len(entries) - linked}
+
+
+def _link_known(
+    entries: list[ManifestEntry], work: Path, index: dict[tuple[str, int], Path]
+) -> tuple[int, dict[str, ManifestEntry]]:
+    needed: dict[str, ManifestEntry] = {}
+    linked = 0
+    for entry in entries:
+        known = index.get((entry.sha256, entry.size))
+        target = work / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if known is not None:
+            try:
+                os.link(known, target)
+                linked += 1
+                continue
+            except OSError:
+                pass
+        needed[entry.path] = entry
+    return linked, needed
+
+
+def _receive(stream: IO[bytes], work: Path, needed: dict[str, ManifestEntry]) -> None:
+    missing = dict(needed)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for info in tar:
+            path = member_path(info.name)
+            entry = missing.pop(path, None)
+            if entry is None or not info.isreg():
+                raise PeerError(f"peer sent {info.name!r}, which was not asked for")
+            source = tar.extractfile(info)
+            assert source is not None
+            target = work / path
+            digest = hashlib.sha256()
+            size = 0
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            if digest.hexdigest() != entry.sha256 or size != entry.size:
+                raise PeerError(f"peer sent {path} with other content than its manifest says")
+            os.utime(target, (info.mtime, info.mtime))
+    if missing:
+        raise PeerError(f"peer did not send {len(missing)} files, such as {next(iter(missing))}")

@@ -1,0 +1,167 @@
+"""PrepCut records and Events that the agent writes about uploads it received."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+
+from difusor.ingest.store import Quarantined, Stored
+from difusor.kube import record_event
+from difusor.models import API_VERSION, GROUP, VERSION, cut_object_name
+from difusor.render.labels import PUBLICATION_LABEL, common_labels
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+PLURAL = "prepcuts"
+
+
+class Conflict(Exception):
+    """A different archive was already recorded under this cut id."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Records:
+    """Creates PrepCuts owned by the publication and Events on it."""
+
+    def __init__(self, api: k8s.ApiClient, *, namespace: str, pod: str) -> None:
+        self.api = api
+        self.custom = k8s.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.pod = pod
+
+    def _cut(self, publication: Obj, name: str, spec: Obj) -> Obj:
+        meta = publication["metadata"]
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "PrepCut",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": {
+                    **common_labels(meta["name"], component="cut"),
+                    PUBLICATION_LABEL: meta["name"],
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": "PrepPublication",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    }
+                ],
+            },
+            "spec": spec,
+        }
+
+    def _create(self, body: Obj) -> Obj | None:
+        """Create; None when one with that name exists already."""
+        try:
+            created: Obj = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, body
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return created
+
+    def _status(self, name: str, status: Obj) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}
+        )
+
+    def get(self, publication: str, cut_id: str) -> Obj | None:
+        """The PrepCut of a cut, or None."""
+        try:
+            found: Obj = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, cut_object_name(publication, cut_id)
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    def stored(self, publication: Obj, stored: Stored, *, received_at: str) -> None:
+        """Record a verified cut; the same archive twice is a no-op, another one a Conflict."""
+        pub_name = publication["metadata"]["name"]
+        name = cut_object_name(pub_name, stored.cut)
+        spec: Obj = {
+            "publication": pub_name,
+            "id": stored.cut,
+            "archive": stored.archive,
+            "archiveSha256": stored.archive_sha256,
+            "manifestDigest": stored.manifest_digest,
+            "files": stored.files,
+            "bytes": stored.bytes,
+            "receivedBy": self.pod,
+        }
+        if stored.time:
+            spec["time"] = stored.time
+        created = self._create(self._cut(publication, name, spec))
+        if created is None:
+            existing = self.get(pub_name, stored.cut) or {}
+            digest = (existing.get("spec") or {}).get("manifestDigest")
+            if digest != stored.manifest_digest:
+                raise Conflict(
+                    f"cut {stored.cut} was already received as {existing.get('spec', {}).get('archive')} "
+                    f"with other content ({digest}); {stored.archive} is refused"
+                )
+            return
+        self._status(name, {"phase": "Verified", "receivedAt": received_at, "verifiedAt": _now()})
+        log.info("Recorded cut %s of %s as Verified (%d files)", stored.cut, pub_name, stored.files)
+
+    def rejected(self, publication: Obj, quarantined: Quarantined, *, cut_id: str | None) -> None:
+        """Record a rejected upload as a PrepCut in phase Rejected and a Warning Event."""
+        pub_name = publication["metadata"]["name"]
+        ident = cut_id or f"rejected-{quarantined.sha256[:12]}"
+        name = cut_object_name(pub_name, ident)
+        if cut_id and self.get(pub_name, cut_id) is not None:
+            # A good archive already holds this cut id: keep its record, name this one apart.
+            ident = f"{cut_id}-rejected-{quarantined.sha256[:8]}"
+            name = cut_object_name(pub_name, ident)
+        spec = {
+            "publication": pub_name,
+            "id": ident,
+            "archive": quarantined.archive,
+            "archiveSha256": quarantined.sha256,
+            "receivedBy": self.pod,
+        }
+        if self._create(self._cut(publication, name, spec)) is not None:
+            self._status(
+                name,
+                {
+                    "phase": "Rejected",
+                    "reason": str(quarantined.reason),
+                    "message": quarantined.message,
+                    "receivedAt": _now(),
+                },
+            )
+        self.event(
+            publication,
+            reason=f"Rejected{quarantined.reason}",
+            message=f"{quarantined.archive} rejected on {self.pod}: {quarantined.message}",
+            warning=True,
+        )
+
+    def event(self, publication: Obj, *, reason: str, message: str, warning: bool = False) -> None:
+        """An Event on the publication from this pod's agent."""
+        record_event(
+            self.api,
+            involved={
+                "apiVersion": API_VERSION,
+                "kind": "PrepPublication",
+                "metadata": publication["metadata"],
+            },
+            reason=reason,
+            message=message,
+            warning=warning,
+            component=f"difusor-agent/{self.pod}",
+        )
