@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes import client as k8s
 
+from difusor.controller.promotion import Promoter
 from difusor.controller.reconcile import Reconciler, Settings
 from difusor.kube import Cluster, api_client
 from difusor.models import GROUP, VERSION
-from difusor.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL
+from difusor.render.labels import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED_BY_LABEL
 
 log = logging.getLogger(__name__)
 
 PLURAL = "preppublications"
 INTERVAL = float(os.environ.get("DIFUSOR_RECONCILE_INTERVAL", "20"))
+PROMOTION_INTERVAL = float(os.environ.get("DIFUSOR_PROMOTION_INTERVAL", "3"))
 
 
 @kopf.on.startup()
@@ -31,8 +34,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.execution.max_workers = 8
+    cluster = Cluster(api_client(os.environ.get("DIFUSOR_KUBECONFIG")))
+    memo.promoter = Promoter(cluster.api)
     memo.reconciler = Reconciler(
-        Cluster(api_client(os.environ.get("DIFUSOR_KUBECONFIG"))),
+        cluster,
         Settings(
             image=os.environ.get("DIFUSOR_IMAGE", Settings.image),
             nginx_image=os.environ.get("DIFUSOR_NGINX_IMAGE", Settings.nginx_image),
@@ -107,3 +112,28 @@ def workload_changed(
         api.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, publication, {"status": outcome.status_patch},
         )  # fmt: skip
+
+
+def _promote(memo: kopf.Memo, namespace: str | None, publication: str | None) -> None:
+    if not namespace or not publication:
+        return
+    promoter: Promoter = memo.promoter
+    promoter.step(namespace, publication, datetime.now(UTC))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=PROMOTION_INTERVAL)
+def promotion_clock(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Let time-based transitions (stage timeouts) happen when nothing else changes."""
+    _promote(memo, namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: "difusor", COMPONENT_LABEL: "web"})
+def pod_reported(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """An agent reported (staged, active) or a pod came or went: take the next promotion step."""
+    _promote(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
+
+
+@kopf.on.event(GROUP, VERSION, "prepcuts")
+def cut_changed(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A cut was received or verified: it may start a promotion."""
+    _promote(memo, namespace, spec.get("publication"))

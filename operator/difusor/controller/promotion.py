@@ -1,0 +1,228 @@
+"""Drives promotions: gathers pods, cuts and status, asks logic.promotion.decide, writes the result."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubernetes import client as k8s
+
+from difusor.kube import record_event
+from difusor.logic.promotion import (
+    COMMITTED,
+    PROMOTED,
+    STAGING,
+    CutView,
+    Decision,
+    Inputs,
+    PodView,
+    Rollout,
+    decide,
+)
+from difusor.models import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    PrepPublicationSpec,
+    cut_object_name,
+    parse_time,
+)
+from difusor.render.labels import (
+    ACTIVE_ANNOTATION,
+    PUBLICATION_LABEL,
+    STAGED_ANNOTATION,
+    selector_string,
+)
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _rollout_of(status: Obj) -> Rollout:
+    raw = status.get("rollout") or {}
+    started = raw.get("startedAt")
+    committed = raw.get("committedAt")
+    return Rollout(
+        target=raw.get("targetCut"),
+        phase=raw.get("phase") or "Idle",
+        started_at=parse_time(started) if started else None,
+        committed_at=parse_time(committed) if committed else None,
+    )
+
+
+def _rollout_status(rollout: Rollout) -> Obj:
+    out: Obj = {
+        "phase": rollout.phase,
+        "targetCut": rollout.target,
+        "startedAt": None,
+        "committedAt": None,
+    }
+    if rollout.started_at:
+        out["startedAt"] = _stamp(rollout.started_at)
+    if rollout.committed_at:
+        out["committedAt"] = _stamp(rollout.committed_at)
+    return out
+
+
+class Promoter:
+    """One promotion step per call; serialised per publication across kopf's handler threads."""
+
+    def __init__(self, api: k8s.ApiClient) -> None:
+        self.api = api
+        self.core = k8s.CoreV1Api(api)
+        self.custom = k8s.CustomObjectsApi(api)
+        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+    def step(self, namespace: str, name: str, now: datetime) -> Decision | None:
+        """Gather, decide and act for one publication; None when it is gone or invalid."""
+        with self._locks[(namespace, name)]:
+            try:
+                publication = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "preppublications", name
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            try:
+                spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
+            except ValueError:
+                return None
+            return self._step(publication, spec, now)
+
+    def _step(self, publication: Obj, spec: PrepPublicationSpec, now: datetime) -> Decision:
+        meta = publication["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        status = publication.get("status") or {}
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector_string(name)).items
+        cuts_raw = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "prepcuts", label_selector=f"{PUBLICATION_LABEL}={name}"
+        ).get("items", [])
+        views = tuple(
+            PodView(
+                name=p.metadata.name,
+                staged=frozenset(
+                    c
+                    for c in ((p.metadata.annotations or {}).get(STAGED_ANNOTATION) or "").split(
+                        ","
+                    )
+                    if c
+                ),
+                active=(p.metadata.annotations or {}).get(ACTIVE_ANNOTATION) or None,
+                serving=p.metadata.deletion_timestamp is None and bool(p.status.pod_ip),
+            )
+            for p in pods
+        )
+        cuts = tuple(
+            CutView(
+                id=c["spec"]["id"],
+                phase=(c.get("status") or {}).get("phase") or "Received",
+                time=c["spec"].get("time"),
+            )
+            for c in cuts_raw
+        )
+        active = (status.get("activeCut") or {}).get("id")
+        inputs = Inputs(
+            active=active,
+            rollout=_rollout_of(status),
+            pods=views,
+            cuts=cuts,
+            pinned=spec.pinned_cut,
+            stage_timeout=timedelta(seconds=spec.promotion.stage_timeout_seconds),
+            min_ready=spec.promotion.min_ready_replicas,
+        )
+        decision = decide(inputs, now)
+        self._act(publication, inputs, decision, cuts_raw, views, now)
+        return decision
+
+    def _act(
+        self,
+        publication: Obj,
+        inputs: Inputs,
+        decision: Decision,
+        cuts_raw: list[Obj],
+        views: tuple[PodView, ...],
+        now: datetime,
+    ) -> None:
+        meta = publication["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        by_id = {c["spec"]["id"]: c for c in cuts_raw}
+        patch: Obj = {}
+        if decision.rollout != inputs.rollout:
+            patch["rollout"] = _rollout_status(decision.rollout)
+        if decision.active != inputs.active and decision.active:
+            cut = by_id.get(decision.active, {})
+            patch["activeCut"] = {
+                "id": decision.active,
+                "time": (cut.get("spec") or {}).get("time"),
+                "promotedAt": _stamp(now),
+            }
+        if patch:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "preppublications", name, {"status": patch}
+            )
+        target = decision.rollout.target or inputs.rollout.target
+        for cut_id, phase in decision.cut_phases.items():
+            self._cut_status(namespace, name, by_id.get(cut_id), phase=phase, now=now)
+        if target and target in by_id:
+            self._pod_reports(namespace, name, by_id[target], views, now)
+        for reason, message in decision.events:
+            log.info("Publication %s/%s: %s", namespace, name, message)
+            record_event(
+                self.api,
+                involved={"apiVersion": API_VERSION, "kind": "PrepPublication", "metadata": meta},
+                reason=reason,
+                message=message[0].upper() + message[1:],
+                warning=reason in ("StageTimeout", "PromotionFailed", "PinnedCutMissing"),
+                component="difusor-operator",
+            )
+
+    def _cut_status(
+        self, namespace: str, publication: str, cut: Obj | None, *, phase: str, now: datetime
+    ) -> None:
+        if cut is None:
+            return
+        stamp = _stamp(now)
+        current = cut.get("status") or {}
+        patch: Obj = {"phase": phase}
+        if phase == COMMITTED:
+            patch["stagedAt"] = current.get("stagedAt") or stamp
+            patch["committedAt"] = current.get("committedAt") or stamp
+        elif phase == PROMOTED:
+            patch["servingAt"] = current.get("servingAt") or stamp
+            patch["committedAt"] = current.get("committedAt") or stamp
+        elif phase == STAGING:
+            patch["stagedAt"] = None
+        name = cut_object_name(publication, cut["spec"]["id"])
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "prepcuts", name, {"status": patch}
+        )
+
+    def _pod_reports(
+        self, namespace: str, publication: str, cut: Obj, views: tuple[PodView, ...], now: datetime
+    ) -> None:
+        cut_id = cut["spec"]["id"]
+        reports: Obj = dict((cut.get("status") or {}).get("pods") or {})
+        changed: Obj = {}
+        for pod in views:
+            report = dict(reports.get(pod.name) or {})
+            before = dict(report)
+            if (cut_id in pod.staged or pod.active == cut_id) and not report.get("stagedAt"):
+                report["stagedAt"] = _stamp(now)
+            if pod.active == cut_id and not report.get("activeAt"):
+                report["activeAt"] = _stamp(now)
+            if report != before:
+                changed[pod.name] = report
+        if changed:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "prepcuts", cut_object_name(publication, cut_id),
+                {"status": {"pods": changed}},
+            )  # fmt: skip
