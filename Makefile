@@ -69,3 +69,24 @@ demo: venv k8s-bins ## run it locally: control plane, operator and the example p
 .PHONY: demo-down
 demo-down: ## stop what `make demo` started
 	bash hack/demo.sh down
+
+.PHONY: manifests
+manifests: ## copy crds/ into the chart and render manifests/install.yaml from it
+	bash hack/render-manifests.sh
+
+IMAGE ?= ghcr.io/difusor/difusor:dev
+.PHONY: image
+image: ## build the container image (operator, agent, sshd); needs Docker
+	docker build -t $(IMAGE) .
+
+.PHONY: kind-up
+kind-up: ## kind cluster with Traefik, the image, the chart and a sample publication; needs Docker
+	IMAGE=$(IMAGE) bash hack/kind.sh up
+
+.PHONY: kind-down
+kind-down: ## delete the kind cluster
+	bash hack/kind.sh down
+
+.PHONY: kind-test
+kind-test: ## the test suite against the kind cluster (after kind-up)
+	PYTEST_ARGS="$(PYTEST_ARGS)" bash hack/kind.sh test
