@@ -54,6 +54,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return run(AgentConfig.from_env())
 
 
+def _cmd_sftp_server(args: argparse.Namespace) -> int:
+    from difusor.agent.sftpserver import run
+
+    return run()
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from difusor.render.preview import render_stream
 
@@ -103,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run a web pod's agent (configured by its environment)")
     agent.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     agent.set_defaults(handler=_cmd_agent)
+
+    sftp = sub.add_parser(
+        "sftp-server", help="run the sftp container's sshd with the rendered config"
+    )
+    sftp.set_defaults(handler=_cmd_sftp_server)
 
     render = sub.add_parser(
         "render", help="print every child object the operator would apply, without a cluster"
