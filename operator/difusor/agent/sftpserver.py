@@ -7,16 +7,10 @@ import shutil
 from pathlib import Path
 
 from difusor.render.children import CONFIG_DIR, HOST_KEYS_DIR
+from difusor.render.files import HOST_KEY_NAMES, SSHD_RUNTIME_DIR
 
-#: Where the entry point copies the host keys: sshd refuses keys that a group can read, and a
-#: Secret volume with fsGroup is group-readable.
-RUNTIME_KEYS_DIR = "/tmp/sshd"
-HOST_KEY_NAMES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key")
-
-
-def runtime_host_keys() -> tuple[str, ...]:
-    """Paths of the host keys as sshd_config names them."""
-    return tuple(f"{RUNTIME_KEYS_DIR}/{name}" for name in HOST_KEY_NAMES)
+#: sshd refuses host keys that a group can read, and a Secret volume with fsGroup is
+#: group-readable: the entry point copies them to SSHD_RUNTIME_DIR (an emptyDir) with 0600.
 
 
 def prepare_host_keys(source: Path, target: Path) -> list[Path]:
@@ -45,6 +39,6 @@ def run(
     config: Path = Path(CONFIG_DIR) / "sshd_config",
 ) -> int:
     """Replace this process with sshd in the foreground, logging to stderr."""
-    prepare_host_keys(keys_from, Path(RUNTIME_KEYS_DIR))
+    prepare_host_keys(keys_from, Path(SSHD_RUNTIME_DIR))
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     os.execv(sshd, [sshd, "-D", "-e", "-f", str(config)])
