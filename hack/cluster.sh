@@ -39,7 +39,7 @@ up() {
     fi
     if ! healthy; then
       log "creating cluster $NAME (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)"
-      "$BIN/kwokctl" --name "$NAME" create cluster \
+      "$BIN/kwokctl" --name "$NAME" -c "$HERE/kwokctl.yaml" create cluster \
         --runtime binary \
         --kube-authorization --kube-admission \
         --kubeconfig "$CLUSTER_DIR.kubeconfig" \

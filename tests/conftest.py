@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -211,3 +212,20 @@ def operator(crds: str, tmp_path: Path) -> Iterator[OperatorProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+def token_kubeconfig(kubeconfig: str, *, token: str, path: Path) -> str:
+    """A kubeconfig for the same API server that authenticates with this bearer token only."""
+    admin = yaml.safe_load(kubectl(kubeconfig, "config", "view", "--raw", "--minify", "--flatten"))
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": cluster["name"], "user": "token"}}],
+        "current-context": "token",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return str(path)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from .conftest import kubectl, wait_for
+from .conftest import kubectl, token_kubeconfig, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -88,7 +89,9 @@ def test_a_crd_cel_rule_refuses_a_bad_object_with_the_rules_message(
     )
 
 
-def test_rbac_denies_a_service_account_what_no_role_grants(kubeconfig: str, namespace: str) -> None:
+def test_rbac_denies_a_service_account_what_no_role_grants(
+    kubeconfig: str, namespace: str, tmp_path: Path
+) -> None:
     kubectl(kubeconfig, "-n", namespace, "create", "serviceaccount", "reader")
     kubectl(
         kubeconfig,
@@ -106,10 +109,10 @@ def test_rbac_denies_a_service_account_what_no_role_grants(kubeconfig: str, name
     )  # fmt: skip
     kubectl(kubeconfig, "-n", namespace, "create", "secret", "generic", "s", "--from-literal=k=v")
     token = kubectl(kubeconfig, "-n", namespace, "create", "token", "reader").strip()
-    as_sa = ["--token", token, "--user", ""]
+    as_sa = token_kubeconfig(kubeconfig, token=token, path=tmp_path / "reader.kubeconfig")
 
-    allowed = kubectl(kubeconfig, "-n", namespace, *as_sa, "get", "configmaps", check=False)
-    denied = kubectl(kubeconfig, "-n", namespace, *as_sa, "get", "secrets", check=False)
+    allowed = kubectl(as_sa, "-n", namespace, "get", "configmaps", check=False)
+    denied = kubectl(as_sa, "-n", namespace, "get", "secrets", check=False)
     assert "Forbidden" not in allowed
     assert "kube-root-ca.crt" in allowed
     assert "Forbidden" in denied

@@ -28,7 +28,29 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
-    return _convert(raw, defs)
+    schema = _convert(raw, defs)
+    _object_defaults(model, schema)
+    return schema
+
+
+def _object_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
+    """Give nested objects built by a default factory their whole default value.
+
+    The API server then fills in a section the user left out (and checks its CEL rules against
+    real values, which an empty `{}` default would not satisfy).
+    """
+    props = schema.get("properties", {})
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        prop = props.get(key)
+        annotation = info.annotation
+        if prop is None or not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            continue
+        if info.default_factory is not None and "default" not in prop:
+            value = info.default_factory()  # type: ignore[call-arg]
+            if isinstance(value, BaseModel):
+                prop["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        _object_defaults(annotation, prop)
 
 
 def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -69,16 +91,6 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             continue
         else:
             out[key] = value
-    for name, prop in out.get("properties", {}).items():
-        # Let the API server fill nested defaults even when the whole object is left out.
-        if (
-            prop.get("type") == "object"
-            and "properties" in prop
-            and name not in out.get("required", [])
-            and not prop.get("nullable")
-            and "default" not in prop
-        ):
-            prop["default"] = {}
     if out.get("additionalProperties") is False:
         # Structural schemas forbid unknown fields by pruning; `false` is not accepted.
         del out["additionalProperties"]
