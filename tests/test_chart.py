@@ -483,7 +483,7 @@ def _publication(name: str) -> str:
             "metadata": {"name": name},
             "spec": {
                 "host": f"{name}.example.mx",
-                "replicas": 1,
+                "replicas": 2,
                 "sftp": {"authorizedKeysSecret": "keys"},
             },
         }
@@ -553,7 +553,11 @@ def test_the_operator_under_the_charts_service_account_reconciles_without_forbid
             status = pub.get("status") or {}
             return bool(status.get("conditions")) and status.get("observedGeneration") == 1
 
-        wait_for(f"gamma reconciled ({mode})", reconciled, timeout=240, interval=1)
+        try:
+            wait_for(f"gamma reconciled ({mode})", reconciled, timeout=240, interval=1)
+        except AssertionError as exc:
+            denied = "\n".join(list(lines_with(operator.log(), "forbidden"))[:20])
+            raise AssertionError(f"{exc}\noperator log, forbidden lines:\n{denied}") from None
         events = kubectl(
             kc, "-n", publications, "get", "events", "--field-selector", "involvedObject.name=gamma"
         )
