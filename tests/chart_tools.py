@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .conftest import BIN, REPO, kubectl, require_binary
+from .conftest import BIN, REPO, kubectl, require_binary, token_kubeconfig
 
 CHART = REPO / "charts" / "difusor"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -107,24 +107,7 @@ def service_account_kubeconfig(
     token = kubectl(
         kubeconfig, "-n", namespace, "create", "token", service_account, "--duration=2h"
     ).strip()
-    admin = yaml.safe_load(kubectl(kubeconfig, "config", "view", "--raw", "--minify", "--flatten"))
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": service_account,
-                "context": {"cluster": cluster["name"], "user": service_account},
-            }
-        ],
-        "current-context": service_account,
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    return Path(token_kubeconfig(kubeconfig, token=token, path=path))
 
 
 class OperatorUnderServiceAccount:
