@@ -203,10 +203,10 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture
-def operator(crds: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The operator, started for one test and stopped after it."""
-    proc = OperatorProcess(crds, tmp_path / "operator.log")
+@pytest.fixture(scope="module")
+def operator(crds: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator, shared by the tests of one module (each works in its own namespace)."""
+    proc = OperatorProcess(crds, tmp_path_factory.mktemp("operator") / "operator.log")
     proc.start()
     try:
         yield proc

@@ -8,7 +8,9 @@ Layout of the content volume (ROOT is /srv/prep in the pod):
     quarantine/          rejected archives, each with ARCHIVE.reason.json
 
 Versions are never modified once renamed into place: files unchanged from the active version are
-hard links to it, so a cut costs only what changed, and a new file is always a new inode.
+hard links to it, so a cut costs only what changed, and a new file is always a new inode. New
+files keep the time they were written, not the archive's: nginx's ETag is size and mtime, and
+an archive time could give changed content the ETag of the old file (a stale 304).
 
 Overlay packages: the archive's files replace or add to the active version's; a file
 `.prep-delete` at the archive root lists, one a line, paths (files or whole folders) of the
@@ -417,7 +419,6 @@ class _Writer:
                 self.reserve.check(len(data))
                 with _create(target) as out:
                     out.write(data)
-                os.utime(target, (member.mtime, member.mtime))
             return ManifestEntry(member.path, len(data), sha256)
         self.reserve.check(member.size)
         digest = hashlib.sha256()
@@ -431,8 +432,6 @@ class _Writer:
         spare = target.with_name(f".{target.name}.link")
         if self._link(sha256, size, spare):
             os.replace(spare, target)
-        else:
-            os.utime(target, (member.mtime, member.mtime))
         return ManifestEntry(member.path, size, sha256)
 
     def _link(self, sha256: str, size: int, target: Path) -> bool:

@@ -330,7 +330,7 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
     nginx = {
         "name": "nginx",
         "image": target.nginx_image,
-        "command": ["nginx", "-c", f"{CONFIG_DIR}/nginx.conf", "-g", "daemon off;"],
+        "command": ["nginx", "-e", "stderr", "-c", f"{CONFIG_DIR}/nginx.conf", "-g", "daemon off;"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/readyz", "http", period=2, failures=2),
         "livenessProbe": _probe("/healthz", "http", period=10, failures=3),

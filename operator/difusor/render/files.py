@@ -16,7 +16,10 @@ def config_files(spec: PrepPublicationSpec, *, name: str) -> dict[str, str]:
     """File name -> content for the ConfigMap mounted in every web pod."""
     del name  # every file is a function of the spec alone; the name is for the callers' logs
     return {
-        "nginx.conf": render_nginx_conf(spec, content_dir=CONTENT_DIR, port=HTTP_PORT),
+        # Two workers match the container's CPU request; `auto` would count the node's CPUs.
+        "nginx.conf": render_nginx_conf(
+            spec, content_dir=CONTENT_DIR, port=HTTP_PORT, worker_processes=2
+        ),
         "sshd_config": render_sshd_config(
             spec.sftp,
             port=SFTP_PORT,
