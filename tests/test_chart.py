@@ -449,11 +449,17 @@ def test_every_scenario_renders_objects_the_api_server_accepts(
 
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
-def test_helm_install_schedules_the_operator_pod(helm: Helm, crds: str) -> None:
+def test_helm_install_schedules_the_operator_pod_under_restricted_pod_security(
+    helm: Helm, crds: str
+) -> None:
     kc = crds
     namespace = _fresh(kc, "chart")
     release = f"r{uuid.uuid4().hex[:6]}"
     try:
+        # Pod Security admission rejects the operator's pod here unless it is restricted.
+        kubectl(
+            kc, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+        )
         _install(helm, kc, release, namespace, "--set", "crds.enabled=false")
         selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator"
 
