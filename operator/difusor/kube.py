@@ -48,10 +48,14 @@ class Cluster:
 
     def resource(self, api_version: str, kind: str) -> Any | None:
         """The API resource of a kind, or None when the cluster does not serve it."""
-        try:
-            return self.dynamic.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            return None
+        dynamic = self.dynamic
+        # A miss makes the dynamic client invalidate and refetch its discovery cache, which other
+        # handler threads would read half-built: look-ups go one at a time.
+        with self._lock:
+            try:
+                return dynamic.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                return None
 
     def capabilities(self) -> frozenset[str]:
         """Group versions the cluster serves (optional APIs: Gateway, Traefik, cert-manager)."""
