@@ -1,0 +1,551 @@
+"""Host pods: a stand-in kubelet that runs a publication's web pods as real processes on loopback.
+
+It registers a Node of its own (kwok leaves it alone: it has no kwok annotation), keeps it Ready,
+binds the pods' content claims to directories, and for every pod the scheduler puts on it:
+gives the pod its own loopback address as pod IP, lays out its volumes (ConfigMap, Secrets, the
+content volume, an emptyDir for /tmp) as directories, rewrites the mount paths in the rendered
+nginx.conf and sshd_config to those directories, and starts the real nginx, `difusor agent`
+(with a token of the pod's ServiceAccount, so its RBAC is the real one) and sshd. It writes
+readiness into the pod's status from the real probes, restarts a process that dies, and kills
+the processes when the pod is deleted. Traffic only ever goes to 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from difusor.agent.sftpserver import prepare_host_keys
+from difusor.render.files import SSHD_RUNTIME_DIR
+
+from .conftest import require_binary
+from .sshdproc import _run_as
+
+log = logging.getLogger("hostpods")
+
+NODE_LABEL = "difusor.io/host-pods"
+HTTP_PORT, AGENT_PORT, SFTP_PORT = 8080, 8081, 2222
+_next_octet = iter(range(1, 250))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Proc:
+    """One container's process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        out.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, *, grace: float = 5.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as an OOM kill or a node failure would."""
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=30)
+
+
+@dataclass
+class HostPod:
+    """A pod the harness runs."""
+
+    name: str
+    uid: str
+    ip: str
+    directory: Path
+    content: Path
+    procs: dict[str, Proc] = field(default_factory=dict)
+    ready: bool | None = None
+    started_at: str = field(default_factory=_now)
+
+    def url(self, path: str = "/") -> str:
+        """The pod's nginx, as a reader would reach it."""
+        return f"http://{self.ip}:{HTTP_PORT}{path}"
+
+
+class Harness:
+    """Plays kubelet for the pods scheduled onto its node."""
+
+    def __init__(self, kubeconfig: str, *, namespace: str, root: Path | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.api = k8s_config.new_client_from_config(config_file=kubeconfig)
+        self.core = k8s.CoreV1Api(self.api)
+        self.node = f"host-{namespace}"
+        self.root = root or Path(tempfile.mkdtemp(prefix="difusor-hostpods-"))
+        self.root.chmod(0o755)
+        self.octet = next(_next_octet)
+        self.next_ip = iter(range(2, 250))
+        self.pods: dict[str, HostPod] = {}
+        self.ips: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+        self.nginx = require_binary("nginx")
+        self.sshd = require_binary("sshd")
+        self.sftp_user, self.sftp_prefix = _run_as()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        """What a publication's spec.scheduling.nodeSelector needs to land on this node."""
+        return {NODE_LABEL: self.node}
+
+    def start(self) -> None:
+        """Register the node and start playing kubelet."""
+        node = k8s.V1Node(
+            metadata=k8s.V1ObjectMeta(
+                name=self.node,
+                labels={
+                    NODE_LABEL: self.node,
+                    "kubernetes.io/hostname": self.node,
+                    "kubernetes.io/os": "linux",
+                },
+            )
+        )
+        try:
+            self.core.create_node(node)
+        except k8s.ApiException as exc:
+            if exc.status != 409:
+                raise
+        self._heartbeat()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"hostpods-{self.namespace}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Kill every pod's processes and remove the node."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        with self._lock:
+            for pod in self.pods.values():
+                for proc in pod.procs.values():
+                    proc.stop(grace=2)
+            self.pods.clear()
+        with contextlib.suppress(k8s.ApiException):
+            self.core.delete_node(self.node)
+        self.api.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def pod(self, name: str) -> HostPod:
+        """A running pod by name (fails when the harness does not run it)."""
+        with self._lock:
+            for pod in self.pods.values():
+                if pod.name == name:
+                    return pod
+        raise KeyError(f"pod {name} is not running on {self.node}")
+
+    def running(self) -> list[HostPod]:
+        """The pods running now, by name."""
+        with self._lock:
+            return sorted(self.pods.values(), key=lambda p: p.name)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_beat = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_beat > 10:
+                    self._heartbeat()
+                    last_beat = time.monotonic()
+                self._bind_claims()
+                self._sync()
+            except Exception as exc:  # keep playing kubelet; the tests read self.errors
+                log.exception("host-pod loop failed")
+                self.errors.append(repr(exc))
+            self._stop.wait(0.2)
+
+    def _heartbeat(self) -> None:
+        status = {
+            "status": {
+                "capacity": {"cpu": "32", "memory": "64Gi", "pods": "110"},
+                "allocatable": {"cpu": "32", "memory": "64Gi", "pods": "110"},
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "difusor host-pod harness",
+                        "lastHeartbeatTime": _now(),
+                        "lastTransitionTime": _now(),
+                    }
+                ],
+            }
+        }
+        self.core.patch_node_status(self.node, status)
+
+    def _bind_claims(self) -> None:
+        for claim in self.core.list_namespaced_persistent_volume_claim(self.namespace).items:
+            if claim.status.phase != "Pending":
+                continue
+            directory = self.root / "volumes" / claim.metadata.name
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
+            pv = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": f"{self.namespace}-{claim.metadata.name}",
+                    "labels": {NODE_LABEL: self.node},
+                },
+                "spec": {
+                    "capacity": {"storage": claim.spec.resources.requests["storage"]},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": claim.spec.storage_class_name or "",
+                    "hostPath": {"path": str(directory)},
+                    "claimRef": {"namespace": self.namespace, "name": claim.metadata.name},
+                },
+            }
+            try:
+                self.core.create_persistent_volume(pv)
+            except k8s.ApiException as exc:
+                if exc.status != 409:
+                    raise
+
+    def _sync(self) -> None:
+        pods = self.core.list_namespaced_pod(
+            self.namespace, field_selector=f"spec.nodeName={self.node}"
+        ).items
+        seen = set()
+        for pod in pods:
+            uid = pod.metadata.uid
+            seen.add(uid)
+            if pod.metadata.deletion_timestamp is not None:
+                self._terminate(uid)
+                try:
+                    self.core.delete_namespaced_pod(
+                        pod.metadata.name, self.namespace, grace_period_seconds=0,
+                        body=k8s.V1DeleteOptions(grace_period_seconds=0, preconditions=k8s.V1Preconditions(uid=uid)),
+                    )  # fmt: skip
+                except k8s.ApiException as exc:
+                    if exc.status not in (404, 409):
+                        raise
+                continue
+            with self._lock:
+                running = self.pods.get(uid)
+            if running is None:
+                running = self._launch(pod)
+                if running is None:
+                    continue
+            self._restart_dead(running)
+            self._report(pod, running)
+        for uid in [u for u in list(self.pods) if u not in seen]:
+            self._terminate(uid)
+
+    def _terminate(self, uid: str) -> None:
+        with self._lock:
+            pod = self.pods.pop(uid, None)
+        if pod is not None:
+            for proc in pod.procs.values():
+                proc.stop()
+
+    def _restart_dead(self, pod: HostPod) -> None:
+        for proc in pod.procs.values():
+            if not proc.alive():
+                proc.restarts += 1
+                proc.start()
+
+    # --- starting a pod -------------------------------------------------------------------
+
+    def _launch(self, pod: k8s.V1Pod) -> HostPod | None:
+        name, uid = pod.metadata.name, pod.metadata.uid
+        claim = next(
+            (
+                v.persistent_volume_claim.claim_name
+                for v in pod.spec.volumes
+                if v.persistent_volume_claim
+            ),
+            None,
+        )
+        content = self.root / "volumes" / claim if claim else None
+        if content is None or not content.exists():
+            return None
+        claim_obj = self.core.read_namespaced_persistent_volume_claim(claim, self.namespace)
+        if claim_obj.status.phase != "Bound":
+            return None
+        if uid not in self.ips:
+            self.ips[uid] = f"127.1.{self.octet}.{next(self.next_ip)}"
+        ip = self.ips[uid]
+        directory = self.root / "pods" / f"{name}-{uid[:8]}"
+        shutil.rmtree(directory, ignore_errors=True)
+        host = HostPod(name=name, uid=uid, ip=ip, directory=directory, content=content)
+        mounts = self._volumes(pod, host)
+        # The pod IP goes into the status before the processes start: they read it.
+        self.core.patch_namespaced_pod_status(
+            name, self.namespace,
+            {"status": {"phase": "Pending", "hostIP": "127.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}], "startTime": host.started_at}},
+        )  # fmt: skip
+        for container in pod.spec.containers:
+            host.procs[container.name] = self._process(pod, container, host, mounts)
+        for proc in host.procs.values():
+            proc.start()
+        with self._lock:
+            self.pods[uid] = host
+        log.info("started pod %s on %s", name, ip)
+        return host
+
+    def _volumes(self, pod: k8s.V1Pod, host: HostPod) -> dict[str, Path]:
+        """A directory per volume; returns volume name -> directory."""
+        dirs: dict[str, Path] = {}
+        host.directory.mkdir(parents=True)
+        host.directory.chmod(0o755)
+        for volume in pod.spec.volumes:
+            target = host.directory / "volumes" / volume.name
+            if volume.persistent_volume_claim:
+                dirs[volume.name] = host.content
+                continue
+            target.mkdir(parents=True)
+            target.chmod(0o755)
+            dirs[volume.name] = target
+            if volume.config_map:
+                cm = self.core.read_namespaced_config_map(volume.config_map.name, self.namespace)
+                for key, value in (cm.data or {}).items():
+                    (target / key).write_text(value)
+            elif volume.secret:
+                secret = self.core.read_namespaced_secret(volume.secret.secret_name, self.namespace)
+                # As the kubelet does with fsGroup: the pod's group may read the Secret's files.
+                group = pwd.getpwnam(self.sftp_user).pw_gid
+                for key, value in (secret.data or {}).items():
+                    path = target / key
+                    path.write_bytes(base64.b64decode(value))
+                    os.chown(path, 0, group)
+                    path.chmod(volume.secret.default_mode or 0o644)
+        logs = host.content / "logs"
+        logs.mkdir(exist_ok=True)
+        incoming = host.content / "incoming"
+        incoming.mkdir(exist_ok=True)
+        uid = _uid(self.sftp_user)
+        os.chown(incoming, uid, uid)
+        return dirs
+
+    def _mount_map(
+        self, container: k8s.V1Container, dirs: dict[str, Path]
+    ) -> list[tuple[str, str]]:
+        pairs = []
+        for mount in container.volume_mounts or []:
+            base = dirs[mount.name]
+            if mount.sub_path:
+                base = base / mount.sub_path
+                base.mkdir(parents=True, exist_ok=True)
+            pairs.append((mount.mount_path.rstrip("/"), str(base)))
+        return sorted(pairs, key=lambda p: -len(p[0]))
+
+    def _rewrite(self, text: str, pairs: list[tuple[str, str]], ip: str) -> str:
+        """The pod's mount paths as the host directories, in one pass (a result is never rewritten)."""
+        table = dict(pairs)
+        pattern = re.compile(
+            r"(?<![\w./-])(" + "|".join(re.escape(p) for p, _ in pairs) + r")(?=[/;\s\"']|$)",
+            re.MULTILINE,
+        )
+        text = pattern.sub(lambda m: table[m.group(1)], text) if pairs else text
+        return text.replace("0.0.0.0", ip)
+
+    def _process(
+        self, pod: k8s.V1Pod, container: k8s.V1Container, host: HostPod, dirs: dict[str, Path]
+    ) -> Proc:
+        pairs = self._mount_map(container, dirs)
+        config_dir = dirs["config"]
+        logfile = host.directory / f"{container.name}.log"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1"}
+        for var in container.env or []:
+            if var.value_from and var.value_from.field_ref:
+                path = var.value_from.field_ref.field_path
+                env[var.name] = {
+                    "metadata.name": host.name,
+                    "metadata.namespace": self.namespace,
+                    "status.podIP": host.ip,
+                }[path]
+            else:
+                env[var.name] = self._rewrite(var.value or "", pairs, host.ip)
+        if container.name == "nginx":
+            conf = host.directory / "nginx.conf"
+            conf.write_text(self._rewrite((config_dir / "nginx.conf").read_text(), pairs, host.ip))
+            return Proc(
+                "nginx",
+                [self.nginx, "-e", "stderr", "-c", str(conf), "-g", "daemon off;"],
+                env,
+                logfile,
+            )
+        if container.name == "agent":
+            kubeconfig = self._agent_kubeconfig(pod, host)
+            env.update(
+                {
+                    "DIFUSOR_AGENT_ADDRESS": host.ip,
+                    "DIFUSOR_AGENT_TOKEN_FILE": str(dirs["agent-token"] / "token"),
+                    "DIFUSOR_KUBECONFIG": kubeconfig,
+                    "DIFUSOR_AGENT_INTERVAL": "0.2",
+                }
+            )
+            return Proc("agent", [sys.executable, "-m", "difusor", "agent"], env, logfile)
+        if container.name == "sftp":
+            tmp = dirs["tmp"]
+            runtime = Path(self._rewrite(SSHD_RUNTIME_DIR, pairs, host.ip))
+            prepare_host_keys(dirs["host-keys"], runtime)
+            uid = _uid(self.sftp_user)
+            for path in (tmp, runtime, *runtime.iterdir()):
+                os.chown(path, uid, uid)
+            text = self._rewrite((config_dir / "sshd_config").read_text(), pairs, host.ip)
+            text = "\n".join(
+                f"AllowUsers {self.sftp_user}" if line.startswith("AllowUsers ") else line
+                for line in text.splitlines()
+            ) + "\n"  # fmt: skip
+            conf = host.directory / "sshd_config"
+            conf.write_text(text)
+            return Proc(
+                "sftp", [*self.sftp_prefix, self.sshd, "-D", "-e", "-f", str(conf)], env, logfile
+            )
+        raise ValueError(f"no host process for container {container.name}")
+
+    def _agent_kubeconfig(self, pod: k8s.V1Pod, host: HostPod) -> str:
+        request = k8s.AuthenticationV1TokenRequest(
+            spec=k8s.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=7200,
+                bound_object_ref=k8s.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=host.name, uid=host.uid
+                ),
+            )
+        )
+        token = self.core.create_namespaced_service_account_token(
+            pod.spec.service_account_name, self.namespace, request
+        ).status.token
+        admin = yaml.safe_load(Path(self.kubeconfig).read_text())
+        cluster = admin["clusters"][0]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": "agent", "user": {"token": token}}],
+            "contexts": [
+                {"name": "agent", "context": {"cluster": cluster["name"], "user": "agent"}}
+            ],
+            "current-context": "agent",
+        }
+        path = host.directory / "agent.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return str(path)
+
+    # --- status ---------------------------------------------------------------------------
+
+    def _report(self, pod: k8s.V1Pod, host: HostPod) -> None:
+        ready = {
+            "nginx": _http_ok(host.ip, HTTP_PORT, "/readyz"),
+            "agent": _http_ok(host.ip, AGENT_PORT, "/readyz"),
+            "sftp": _tcp_ok(host.ip, SFTP_PORT),
+        }
+        all_ready = all(ready.values())
+        if host.ready == all_ready and pod.status.phase == "Running":
+            return
+        flag = "True" if all_ready else "False"
+        status = {
+            "phase": "Running",
+            "hostIP": "127.0.0.1",
+            "podIP": host.ip,
+            "podIPs": [{"ip": host.ip}],
+            "startTime": host.started_at,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": host.started_at},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": host.started_at},
+                {"type": "ContainersReady", "status": flag, "lastTransitionTime": _now()},
+                {"type": "Ready", "status": flag, "lastTransitionTime": _now()},
+            ],
+            "containerStatuses": [
+                {
+                    "name": name,
+                    "ready": ok,
+                    "started": True,
+                    "restartCount": host.procs[name].restarts,
+                    "image": next(c.image for c in pod.spec.containers if c.name == name),
+                    "imageID": "",
+                    "state": {"running": {"startedAt": host.started_at}},
+                }
+                for name, ok in ready.items()
+            ],
+        }
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": status})
+        host.ready = all_ready
+
+
+def _uid(user: str) -> int:
+    return pwd.getpwnam(user).pw_uid
+
+
+def _http_ok(ip: str, port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection(ip, port, timeout=1)
+        conn.request("GET", path)
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def _tcp_ok(ip: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((ip, port)) == 0
+
+
+def dump_logs(harness: Harness) -> str:
+    """Every process log of every pod, for a failing test's report."""
+    out = []
+    for pod in harness.running():
+        for proc in pod.procs.values():
+            text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
+            out.append(f"==== {pod.name} {proc.name} ({pod.ip})\n{text[-4000:]}")
+    return "\n".join(out)
