@@ -528,9 +528,10 @@ def _http_ok(ip: str, port: int, path: str) -> bool:
     try:
         conn = http.client.HTTPConnection(ip, port, timeout=1)
         conn.request("GET", path)
-        ok = conn.getresponse().status == 200
+        resp = conn.getresponse()
+        resp.read()
         conn.close()
-        return ok
+        return resp.status == 200
     except OSError:
         return False
 
@@ -547,5 +548,7 @@ def dump_logs(harness: Harness) -> str:
     for pod in harness.running():
         for proc in pod.procs.values():
             text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
-            out.append(f"==== {pod.name} {proc.name} ({pod.ip})\n{text[-4000:]}")
+            # nginx logs each request for a missing `current` at crit: noise before the first cut.
+            lines = [line for line in text.splitlines() if "realpath()" not in line]
+            out.append(f"==== {pod.name} {proc.name} ({pod.ip})\n" + "\n".join(lines[-60:]))
     return "\n".join(out)
