@@ -97,6 +97,10 @@ def served_cut(pod: HostPod) -> str | None:
     return headers["x-prep-cut"]
 
 
+def active_cut(site: Site) -> str | None:
+    return ((site.publication().get("status") or {}).get("activeCut") or {}).get("id")
+
+
 def cut_archive(site: Site, cut_id: str, *, seed: int) -> Path:
     path = site.work / f"{cut_id}_PREP_MICH.zip"
     make_zip(path, site_files(cut=cut_id, actas=300, seed=seed))
@@ -189,8 +193,10 @@ def test_a_cut_uploaded_to_one_pod_is_served_by_every_pod(site: Site) -> None:
     assert all(served_cut(p) is None for p in pods)
     site.upload(pods[0], cut_archive(site, "20240602_2020", seed=1))
     all_serve(site, "20240602_2020")
-    pub = site.publication()
-    assert pub["status"]["activeCut"]["id"] == "20240602_2020"
+    # The operator records the cut as active once every pod has reported it.
+    pub = wait_for(
+        "activeCut in status", lambda: active_cut(site) == "20240602_2020" and site.publication()
+    )
     assert pub["status"]["activeCut"]["time"] == "2024-06-02T20:20:00-06:00"
     cut = wait_for(
         "the cut Promoted",
@@ -277,7 +283,7 @@ def test_pinning_an_older_cut_rolls_every_pod_back(site: Site) -> None:
     kubectl(site.kubeconfig, "-n", site.namespace, "patch", "prep", PUB, "--type=merge",
             "-p", json.dumps({"spec": {"pinnedCut": "20240602_2020"}}))  # fmt: skip
     all_serve(site, "20240602_2020")
-    assert site.publication()["status"]["activeCut"]["id"] == "20240602_2020"
+    wait_for("activeCut in status", lambda: active_cut(site) == "20240602_2020")
     kubectl(site.kubeconfig, "-n", site.namespace, "patch", "prep", PUB, "--type=merge",
             "-p", json.dumps({"spec": {"pinnedCut": None}}))  # fmt: skip
     all_serve(site, "20240602_2040")
@@ -309,7 +315,7 @@ def test_a_pod_killed_while_staging_does_not_block_the_promotion(site: Site) -> 
     )
     kubectl(site.kubeconfig, "-n", site.namespace, "delete", "pod", victim.name, "--wait=false")
     all_serve(site, cut_id, timeout=180)
-    assert site.publication()["status"]["activeCut"]["id"] == cut_id
+    wait_for("activeCut in status", lambda: active_cut(site) == cut_id)
 
 
 def test_an_operator_killed_mid_promotion_resumes_from_status(
@@ -346,7 +352,7 @@ def test_an_operator_killed_mid_promotion_resumes_from_status(
     finally:
         frozen.send_signal(signal.SIGCONT)
     all_serve(site, cut_id)
-    assert site.publication()["status"]["activeCut"]["id"] == cut_id
+    wait_for("activeCut in status", lambda: active_cut(site) == cut_id)
     events = kubectl(
         site.kubeconfig,
         "-n",

@@ -1,0 +1,187 @@
+"""Reconcile throughput: N publications applied until every one has all its children and a status.
+
+Prints one JSON object. Runs its own local control plane (or the cluster of
+$DIFUSOR_BENCH_KUBECONFIG) and the operator as a process. For N in 1, 10, 50 (--quick: 1, 10):
+`operator_s` = one `kubectl apply` of N PrepPublications -> every publication has its
+StatefulSet, Services, ConfigMap, Secrets, RBAC, PDB, NetworkPolicy and Ingress and a Ready or
+Progressing condition. Baseline in the same run: `direct_apply_s` = the same children, rendered
+by `difusor render`, applied with one `kubectl apply --server-side` (what a hand-written
+manifest would cost the API server). Also the operator's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import OperatorProcess, kubectl  # noqa: E402
+
+from difusor.render.preview import render_stream  # noqa: E402
+
+KINDS = ("statefulsets", "services", "configmaps", "secrets", "serviceaccounts", "roles",
+         "rolebindings", "poddisruptionbudgets", "networkpolicies", "ingresses")  # fmt: skip
+#: Children of one publication, by kind (the Secrets include the two the operator generates).
+PER_PUBLICATION = {"statefulsets": 1, "services": 3, "configmaps": 1, "secrets": 2, "serviceaccounts": 1,
+                   "roles": 1, "rolebindings": 1, "poddisruptionbudgets": 1, "networkpolicies": 1,
+                   "ingresses": 1}  # fmt: skip
+
+
+def publications(n: int) -> str:
+    docs = [
+        {
+            "apiVersion": "prep.difusor.io/v1alpha1",
+            "kind": "PrepPublication",
+            "metadata": {"name": f"pub{i:03d}"},
+            "spec": {"host": f"pub{i}.example.mx", "sftp": {"authorizedKeysSecret": "keys"}},
+        }
+        for i in range(n)
+    ]
+    return "---\n".join(yaml.safe_dump(d) for d in docs)
+
+
+def counts(kubeconfig: str, namespace: str) -> dict[str, int]:
+    out = kubectl(
+        kubeconfig,
+        "-n",
+        namespace,
+        "get",
+        ",".join(KINDS),
+        "-l",
+        "app.kubernetes.io/managed-by=difusor",
+        "-o",
+        "json",
+    )
+    found: dict[str, int] = dict.fromkeys(KINDS, 0)
+    plural = {"StatefulSet": "statefulsets", "Service": "services", "ConfigMap": "configmaps", "Secret": "secrets",
+              "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
+              "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies", "Ingress": "ingresses"}  # fmt: skip
+    for item in json.loads(out)["items"]:
+        found[plural[item["kind"]]] += 1
+    return found
+
+
+def with_status(kubeconfig: str, namespace: str) -> int:
+    out = json.loads(kubectl(kubeconfig, "-n", namespace, "get", "prep", "-o", "json"))["items"]
+    return sum(
+        1
+        for p in out
+        if any(
+            c["type"] in ("Ready", "Progressing")
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    )
+
+
+def operator_run(kubeconfig: str, n: int) -> float:
+    namespace = f"rec-{n}-{uuid.uuid4().hex[:5]}"
+    kubectl(kubeconfig, "create", "namespace", namespace)
+    want = {k: v * n for k, v in PER_PUBLICATION.items()}
+    start = time.monotonic()
+    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=publications(n))
+    deadline = start + 900
+    while time.monotonic() < deadline:
+        if counts(kubeconfig, namespace) == want and with_status(kubeconfig, namespace) == n:
+            elapsed = time.monotonic() - start
+            kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+            return elapsed
+        time.sleep(0.2)
+    raise RuntimeError(f"{n} publications did not converge: {counts(kubeconfig, namespace)}")
+
+
+def direct_run(kubeconfig: str, n: int) -> float:
+    namespace = f"dir-{n}-{uuid.uuid4().hex[:5]}"
+    kubectl(kubeconfig, "create", "namespace", namespace)
+    rendered = render_stream(publications(n), namespace=namespace)
+    # The placeholders of generated Secrets carry no data; give them some, as the operator does.
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            doc["stringData"] = {"placeholder": "x"}
+    stream = "---\n".join(yaml.safe_dump(d) for d in docs)
+    start = time.monotonic()
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", stdin=stream)
+    elapsed = time.monotonic() - start
+    kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+    return elapsed
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="N = 1 and 10 only")
+    args = parser.parse_args()
+    sizes = [1, 10] if args.quick else [1, 10, 50]
+    given = __import__("os").environ.get("DIFUSOR_BENCH_KUBECONFIG")
+    if given:
+        kubeconfig, started = given, False
+    else:
+        kubeconfig = subprocess.run(
+            ["bash", str(REPO / "hack" / "cluster.sh"), "up", "difusor-bench"],
+            capture_output=True, text=True, check=True, timeout=900,
+        ).stdout.strip()  # fmt: skip
+        started = True
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl(
+        kubeconfig, "wait", "--for=condition=Established", "crd/preppublications.prep.difusor.io"
+    )
+    work = Path(tempfile.mkdtemp(prefix="difusor-bench-"))
+    operator = OperatorProcess(kubeconfig, work / "operator.log")
+    operator.start()
+    results: list[dict[str, Any]] = []
+    try:
+        time.sleep(3)
+        for n in sizes:
+            direct = direct_run(kubeconfig, n)
+            reconciled = operator_run(kubeconfig, n)
+            results.append(
+                {
+                    "publications": n,
+                    "operator_s": round(reconciled, 2),
+                    "direct_apply_s": round(direct, 2),
+                    "ratio_to_direct_apply": round(reconciled / max(direct, 1e-6), 2),
+                    "per_publication_s": round(reconciled / n, 3),
+                }
+            )
+        assert operator.proc is not None
+        rss = peak_rss_mb(operator.proc.pid)
+    finally:
+        operator.stop()
+        if started:
+            subprocess.run(
+                ["bash", str(REPO / "hack" / "cluster.sh"), "down", "difusor-bench"],
+                capture_output=True,
+                check=False,
+            )
+    print(
+        json.dumps(
+            {
+                "benchmark": "reconcile",
+                "quick": args.quick,
+                "runs": results,
+                "operator_peak_rss_mb": rss,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
