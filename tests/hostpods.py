@@ -426,7 +426,6 @@ class Harness:
                     "DIFUSOR_AGENT_ADDRESS": host.ip,
                     "DIFUSOR_AGENT_TOKEN_FILE": str(dirs["agent-token"] / "token"),
                     "DIFUSOR_KUBECONFIG": kubeconfig,
-                    "DIFUSOR_AGENT_INTERVAL": "0.2",
                 }
             )
             return Proc("agent", [sys.executable, "-m", "difusor", "agent"], env, logfile)

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
 from pydantic import ValidationError
 
 from difusor.agent.peers import PeerError, fetch_version, manifest_payload, write_bundle
@@ -323,14 +323,40 @@ def run(config: AgentConfig) -> int:
         "Agent of %s/%s on pod %s serving on %s:%d",
         config.namespace, config.publication, config.pod, config.address, config.port,
     )  # fmt: skip
+    wake = threading.Event()
+    threading.Thread(
+        target=watch_publication, args=(agent, wake, stopping), name="agent-watch", daemon=True
+    ).start()
     while not stopping.is_set():
-        started = time.monotonic()
+        wake.clear()
         try:
             agent.step(datetime.now(UTC))
             agent.last_error = None
         except (k8s.ApiException, OSError, PeerError) as exc:
             agent.last_error = str(exc)
             log.warning("Agent step failed: %s", exc)
-        stopping.wait(max(0.0, config.interval - (time.monotonic() - started)))
+        # A change of the publication (a new target, a commit) wakes every agent at once, which
+        # keeps the pods' swaps close together; the interval is the fallback for new uploads.
+        wake.wait(config.interval)
     server.shutdown()
     return 0
+
+
+def watch_publication(agent: Agent, wake: threading.Event, stopping: threading.Event) -> None:
+    """Set `wake` on every change of this pod's publication (a watch, reopened when it ends)."""
+    config = agent.config
+    while not stopping.is_set():
+        try:
+            stream = k8s_watch.Watch().stream(
+                agent.custom.list_namespaced_custom_object,
+                GROUP, VERSION, config.namespace, "preppublications",
+                field_selector=f"metadata.name={config.publication}",
+                timeout_seconds=60,
+            )  # fmt: skip
+            for _event in stream:
+                wake.set()
+                if stopping.is_set():
+                    return
+        except (k8s.ApiException, OSError, ValueError) as exc:
+            log.debug("Publication watch ended: %s", exc)
+            stopping.wait(1.0)

@@ -40,6 +40,7 @@ from difusor.render.labels import (
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+REPEAT_AFTER = timedelta(minutes=10)
 
 
 def _stamp(when: datetime) -> str:
@@ -80,6 +81,16 @@ class Promoter:
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._said: dict[tuple[str, ...], datetime] = {}
+
+    def _fresh(self, key: tuple[str, ...], now: datetime) -> bool:
+        """False for an Event said in the last ten minutes (a standing condition is said once)."""
+        said = self._said.get(key)
+        if said is not None and now - said < REPEAT_AFTER:
+            return False
+        self._said = {k: t for k, t in self._said.items() if now - t < REPEAT_AFTER}
+        self._said[key] = now
+        return True
 
     def step(self, namespace: str, name: str, now: datetime) -> Decision | None:
         """Gather, decide and act for one publication; None when it is gone or invalid."""
@@ -155,6 +166,20 @@ class Promoter:
         meta = publication["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         by_id = {c["spec"]["id"]: c for c in cuts_raw}
+        # Events go out before the status they explain: a crash in between repeats an Event on the
+        # next pass, where the other order would lose it.
+        for reason, message in decision.events:
+            if not self._fresh((namespace, name, reason, message), now):
+                continue
+            log.info("Publication %s/%s: %s", namespace, name, message)
+            record_event(
+                self.api,
+                involved={"apiVersion": API_VERSION, "kind": "PrepPublication", "metadata": meta},
+                reason=reason,
+                message=message[0].upper() + message[1:],
+                warning=reason in ("StageTimeout", "PromotionFailed", "PinnedCutMissing"),
+                component="difusor-operator",
+            )
         patch: Obj = {}
         if decision.rollout != inputs.rollout:
             patch["rollout"] = _rollout_status(decision.rollout)
@@ -174,16 +199,6 @@ class Promoter:
             self._cut_status(namespace, name, by_id.get(cut_id), phase=phase, now=now)
         if target and target in by_id:
             self._pod_reports(namespace, name, by_id[target], views, now)
-        for reason, message in decision.events:
-            log.info("Publication %s/%s: %s", namespace, name, message)
-            record_event(
-                self.api,
-                involved={"apiVersion": API_VERSION, "kind": "PrepPublication", "metadata": meta},
-                reason=reason,
-                message=message[0].upper() + message[1:],
-                warning=reason in ("StageTimeout", "PromotionFailed", "PinnedCutMissing"),
-                component="difusor-operator",
-            )
 
     def _cut_status(
         self, namespace: str, publication: str, cut: Obj | None, *, phase: str, now: datetime
