@@ -32,15 +32,15 @@ setup: venv deps k8s-bins ## everything the tests need
 
 .PHONY: lint
 lint: venv ## ruff, ruff format --check, mypy strict, import-linter
-	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check operator tests bench hack
+	$(VENV)/bin/ruff format --check operator tests bench hack
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 .PHONY: fmt
 fmt: venv ## format the code
-	$(VENV)/bin/ruff check --fix operator tests bench
-	$(VENV)/bin/ruff format operator tests bench
+	$(VENV)/bin/ruff check --fix operator tests bench hack
+	$(VENV)/bin/ruff format operator tests bench hack
 
 .PHONY: crds
 crds: venv ## regenerate crds/ from the pydantic models
@@ -63,12 +63,12 @@ test-unit: venv ## only the tests that need no process nor cluster
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: venv k8s-bins ## run it locally: control plane, operator and the example publication
-	bash hack/demo.sh up
+demo: venv deps k8s-bins ## run it locally: control plane, operator, publication on host pods, cuts over SFTP
+	$(PY) hack/demo.py up
 
 .PHONY: demo-down
-demo-down: ## stop what `make demo` started
-	bash hack/demo.sh down
+demo-down: venv ## stop what `make demo` started
+	$(PY) hack/demo.py down
 
 .PHONY: manifests
 manifests: ## copy crds/ into the chart and render manifests/install.yaml from it
