@@ -13,7 +13,6 @@ run). Reports p50 and p99; goal: serving_s under 2 s for 10 pods, skew under 0.2
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import random
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import BIN, OperatorProcess, kubectl, wait_for  # noqa: E402
-from tests.hostpods import Harness, HostPod  # noqa: E402
+from tests.hostpods import Harness, HostPod, host_public_key  # noqa: E402
 
 PUB = "prep-bench"
 
@@ -198,25 +197,7 @@ def run_size(
     try:
         wait_for(f"{pods} host pods", lambda: len(harness.running()) == pods, timeout=300)
 
-        def host_key() -> str | None:
-            out = kubectl(
-                kubeconfig,
-                "-n",
-                namespace,
-                "get",
-                "secret",
-                f"{PUB}-sftp-host-keys",
-                "-o",
-                "json",
-                check=False,
-            )
-            return (
-                base64.b64decode(json.loads(out)["data"]["ssh_host_ed25519_key.pub"]).decode()
-                if out.startswith("{")
-                else None
-            )
-
-        public = wait_for("host keys", host_key)
+        public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
         known_hosts = work / f"known-{pods}"
         for n in range(promotions):
             cut_id = f"20240602_{20 + n // 60:02d}{n % 60:02d}"

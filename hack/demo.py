@@ -11,7 +11,6 @@ script (`serve`), which plays kubelet for the publication's pods until `down`.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -28,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import kubectl  # noqa: E402
+from tests.hostpods import host_public_key  # noqa: E402
 
 CACHE = Path(os.environ.get("DIFUSOR_CACHE", str(Path.home() / ".cache" / "difusor")))
 STATE = CACHE / "demo"
@@ -115,7 +115,7 @@ def up() -> int:
     kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(publication))
     say("waiting for 3 host pods (nginx, agent and sshd each)")
     pods = wait_pods(3)
-    public = host_key(kubeconfig)
+    public = host_public_key(kubeconfig, namespace=NAMESPACE, publication=PUBLICATION)
     known_hosts = STATE / "known_hosts"
     known_hosts.write_text("".join(f"[{p['ip']}]:2222 {public}\n" for p in pods))
     user = json.loads((STATE / "pods.json").read_text())["sftp_user"]
@@ -164,30 +164,6 @@ def wait_pods(count: int) -> list[dict[str, str]]:
             return sorted(pods, key=lambda p: p["name"])
         time.sleep(1)
     raise SystemExit(f"demo: the host pods did not start; see {STATE}/hostpods.log")
-
-
-def host_key(kubeconfig: str) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        out = kubectl(
-            kubeconfig,
-            "-n",
-            NAMESPACE,
-            "get",
-            "secret",
-            f"{PUBLICATION}-sftp-host-keys",
-            "-o",
-            "json",
-            check=False,
-        )
-        if out.startswith("{"):
-            return (
-                base64.b64decode(json.loads(out)["data"]["ssh_host_ed25519_key.pub"])
-                .decode()
-                .strip()
-            )
-        time.sleep(1)
-    raise SystemExit("demo: the operator made no host keys; see the operator log")
 
 
 def served(ip: str) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,47 +107,6 @@ def service_account_kubeconfig(
         kubeconfig, "-n", namespace, "create", "token", service_account, "--duration=2h"
     ).strip()
     return Path(token_kubeconfig(kubeconfig, token=token, path=path))
-
-
-class OperatorUnderServiceAccount:
-    """`python -m difusor operator` with a kubeconfig of the chart's ServiceAccount."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, *, namespaces: list[str]) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.namespaces = namespaces
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the operator (all namespaces, or `-n` for each given namespace)."""
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "DIFUSOR_KUBECONFIG": str(self.kubeconfig),
-            "DIFUSOR_RECONCILE_INTERVAL": "10",
-        }
-        args = [arg for ns in self.namespaces for arg in ("-n", ns)]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "difusor", "operator", "--liveness", "", *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        """Stop gracefully, then kill if it hangs."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-    def log(self) -> str:
-        """Everything the operator printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def lines_with(text: str, needle: str) -> Iterator[str]:

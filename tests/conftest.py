@@ -161,9 +161,12 @@ def wait_for(
 class OperatorProcess:
     """`difusor operator` running as a real process against the test cluster."""
 
-    def __init__(self, kubeconfig: str, log_path: Path) -> None:
+    def __init__(
+        self, kubeconfig: str, log_path: Path, *, namespaces: tuple[str, ...] = ()
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.namespaces = namespaces
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -174,13 +177,14 @@ class OperatorProcess:
             "DIFUSOR_KUBECONFIG": self.kubeconfig,
             "DIFUSOR_RECONCILE_INTERVAL": "10",
         }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "difusor", "operator", "--liveness", ""],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        watch = [arg for ns in self.namespaces for arg in ("-n", ns)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "difusor", "operator", "--liveness", "", *watch],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -200,7 +204,25 @@ class OperatorProcess:
 
     def log(self) -> str:
         """Everything the operator printed so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+#: Every child a publication named {n} gets, as (kubectl kind, name).
+CHILDREN = [
+    ("statefulset", "{n}-web"),
+    ("service", "{n}-web"),
+    ("service", "{n}-http"),
+    ("service", "{n}-sftp"),
+    ("configmap", "{n}-config"),
+    ("secret", "{n}-sftp-host-keys"),
+    ("secret", "{n}-agent-token"),
+    ("serviceaccount", "{n}-agent"),
+    ("role", "{n}-agent"),
+    ("rolebinding", "{n}-agent"),
+    ("poddisruptionbudget", "{n}-web"),
+    ("networkpolicy", "{n}-web"),
+    ("ingress", "{n}"),
+]
 
 
 @pytest.fixture(scope="module")

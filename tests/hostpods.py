@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import json
 import logging
 import os
 import pwd
@@ -551,3 +552,22 @@ def dump_logs(harness: Harness) -> str:
             lines = [line for line in text.splitlines() if "realpath()" not in line]
             out.append(f"==== {pod.name} {proc.name} ({pod.ip})\n" + "\n".join(lines[-60:]))
     return "\n".join(out)
+
+
+def host_public_key(kubeconfig: str, *, namespace: str, publication: str) -> str:
+    """The ed25519 public host key that every pod of the publication presents (waits for it)."""
+    from .conftest import kubectl, wait_for
+
+    def read() -> str | None:
+        out = kubectl(
+            kubeconfig, "-n", namespace, "get", "secret", f"{publication}-sftp-host-keys", "-o", "json",
+            check=False,
+        )  # fmt: skip
+        if not out.startswith("{"):
+            return None
+        return (
+            base64.b64decode(json.loads(out)["data"]["ssh_host_ed25519_key.pub"]).decode().strip()
+        )
+
+    found: str = wait_for(f"the host keys of {publication}", read, timeout=120)
+    return found

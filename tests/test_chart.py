@@ -17,7 +17,6 @@ from .chart_tools import (
     CHART,
     SCENARIOS,
     Helm,
-    OperatorUnderServiceAccount,
     granted,
     helm_path,
     lines_with,
@@ -26,7 +25,7 @@ from .chart_tools import (
     plural,
     service_account_kubeconfig,
 )
-from .conftest import REPO, kubectl, wait_for
+from .conftest import CHILDREN, REPO, OperatorProcess, kubectl, wait_for
 
 CRD_FILES = sorted((REPO / "crds").glob("*.yaml"))
 CRD_NAMES = ["preppublications.prep.difusor.io", "prepcuts.prep.difusor.io"]
@@ -497,23 +496,6 @@ def _publication(name: str) -> str:
     )
 
 
-CHILDREN = [
-    ("statefulset", "{n}-web"),
-    ("service", "{n}-web"),
-    ("service", "{n}-http"),
-    ("service", "{n}-sftp"),
-    ("configmap", "{n}-config"),
-    ("secret", "{n}-sftp-host-keys"),
-    ("secret", "{n}-agent-token"),
-    ("serviceaccount", "{n}-agent"),
-    ("role", "{n}-agent"),
-    ("rolebinding", "{n}-agent"),
-    ("poddisruptionbudget", "{n}-web"),
-    ("networkpolicy", "{n}-web"),
-    ("ingress", "{n}"),
-]
-
-
 def _exists(kubeconfig: str, namespace: str, kind: str, name: str) -> bool:
     out = kubectl(kubeconfig, "-n", namespace, "get", kind, name, "-o", "name", check=False)
     return out.strip().endswith(f"/{name}")
@@ -563,7 +545,7 @@ def test_the_operator_under_the_charts_service_account_reconciles_without_forbid
     args = ["--set", "crds.enabled=false"]
     if watched:
         args += ["--set", "watchNamespaces={" + ",".join(watched) + "}"]
-    operator: OperatorUnderServiceAccount | None = None
+    operator: OperatorProcess | None = None
     try:
         _install(helm, kc, release, home, *args)
         sa_config = service_account_kubeconfig(
@@ -577,8 +559,8 @@ def test_the_operator_under_the_charts_service_account_reconciles_without_forbid
             str(sa_config), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"
         )
         assert whoami == f"system:serviceaccount:{home}:{release}-difusor"
-        operator = OperatorUnderServiceAccount(
-            sa_config, tmp_path / "operator.log", namespaces=watched
+        operator = OperatorProcess(
+            str(sa_config), tmp_path / "operator.log", namespaces=tuple(watched)
         )
         operator.start()
         kubectl(kc, "-n", publications, "apply", "-f", "-", stdin=_publication("gamma"))

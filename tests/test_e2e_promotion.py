@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import signal
@@ -20,7 +19,7 @@ import yaml
 
 from .archives import make_zip, site_files
 from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import Harness, HostPod, dump_logs
+from .hostpods import Harness, HostPod, dump_logs, host_public_key
 
 pytestmark = pytest.mark.e2e
 
@@ -156,25 +155,7 @@ def site(
     }
     kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(publication))
 
-    def host_key() -> str | None:
-        out = kubectl(
-            kubeconfig,
-            "-n",
-            namespace,
-            "get",
-            "secret",
-            f"{PUB}-sftp-host-keys",
-            "-o",
-            "json",
-            check=False,
-        )
-        if not out.startswith("{"):
-            return None
-        return (
-            base64.b64decode(json.loads(out)["data"]["ssh_host_ed25519_key.pub"]).decode().strip()
-        )
-
-    public = wait_for("the host keys Secret", host_key)
+    public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
     known_hosts = work / "known_hosts"
     site = Site(kubeconfig, namespace, harness, key, known_hosts, work, public)
     try:

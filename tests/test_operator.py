@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import OperatorProcess, kubectl, wait_for
+from .conftest import CHILDREN, OperatorProcess, kubectl, wait_for
 from .volumes import bind_pending_claims
 
 pytestmark = pytest.mark.cluster
@@ -41,23 +41,6 @@ def condition(pub: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if cond["type"] == type_:
             return dict(cond)
     return None
-
-
-CHILDREN = [
-    ("statefulset", "{n}-web"),
-    ("service", "{n}-web"),
-    ("service", "{n}-http"),
-    ("service", "{n}-sftp"),
-    ("configmap", "{n}-config"),
-    ("secret", "{n}-sftp-host-keys"),
-    ("secret", "{n}-agent-token"),
-    ("serviceaccount", "{n}-agent"),
-    ("role", "{n}-agent"),
-    ("rolebinding", "{n}-agent"),
-    ("poddisruptionbudget", "{n}-web"),
-    ("networkpolicy", "{n}-web"),
-    ("ingress", "{n}"),
-]
 
 
 def all_children(kubeconfig: str, namespace: str, name: str) -> bool:

@@ -248,11 +248,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _version(self) -> tuple[str, str] | None:
+    def _version(self, action: str) -> str | None:
+        """The cut of /v1/versions/<cut>/<action> from an authorized peer that this pod has.
+
+        Answers the request itself (404, 401) and returns None when it cannot be served.
+        """
         parts = self.path.split("?")[0].strip("/").split("/")
-        if len(parts) == 4 and parts[:2] == ["v1", "versions"]:
-            return parts[2], parts[3]
-        return None
+        if len(parts) != 4 or parts[:2] != ["v1", "versions"] or parts[3] != action:
+            self._send(404, b"not found\n")
+            return None
+        if not self.agent.authorized(self.headers.get("Authorization")):
+            self._send(401, b"unauthorized\n")
+            return None
+        if parts[2] not in self.agent.store.cuts():
+            self._send(404, f"no version {parts[2]}\n".encode())
+            return None
+        return parts[2]
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
@@ -262,36 +273,19 @@ class _Handler(BaseHTTPRequestHandler):
             ok, why = self.agent.ready()
             self._send(200 if ok else 503, (why + "\n").encode())
             return
-        found = self._version()
-        if found is None or found[1] != "manifest":
-            self._send(404, b"not found\n")
-            return
-        if not self.agent.authorized(self.headers.get("Authorization")):
-            self._send(401, b"unauthorized\n")
-            return
-        cut = found[0]
-        if cut not in self.agent.store.cuts():
-            self._send(404, f"no version {cut}\n".encode())
-            return
-        self._send(200, manifest_payload(self.agent.store, cut), "application/json")
+        cut = self._version("manifest")
+        if cut is not None:
+            self._send(200, manifest_payload(self.agent.store, cut), "application/json")
 
     def do_POST(self) -> None:
-        found = self._version()
-        if found is None or found[1] != "bundle":
-            self._send(404, b"not found\n")
+        cut = self._version("bundle")
+        if cut is None:
             return
-        if not self.agent.authorized(self.headers.get("Authorization")):
-            self._send(401, b"unauthorized\n")
-            return
-        cut = found[0]
         length = int(self.headers.get("Content-Length") or 0)
         try:
             paths = json.loads(self.rfile.read(length))["paths"]
         except (ValueError, KeyError, TypeError):
             self._send(400, b'body must be {"paths": [...]}\n')
-            return
-        if cut not in self.agent.store.cuts():
-            self._send(404, f"no version {cut}\n".encode())
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/x-tar")

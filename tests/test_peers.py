@@ -1,0 +1,127 @@
+"""Copying a version between pods: the agent's peer endpoints and fetch_version, on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+from difusor.agent.main import Agent, AgentConfig, serve
+from difusor.agent.peers import PeerError, fetch_version
+from difusor.ingest.store import Store
+from difusor.models import IngestSpec
+
+from .archives import make_zip, site_files
+
+pytestmark = pytest.mark.e2e
+
+NOW = datetime(2024, 6, 2, 20, 45, tzinfo=UTC)
+TOKEN = "s3cret-token"
+
+
+def _store(root: Path) -> Store:
+    store = Store(root)
+    store.recover()
+    return store
+
+
+def _ingest(store: Store, tmp: Path, cut: str, *, seed: int) -> str:
+    files = site_files(cut=cut, actas=50, seed=0)
+    files["json/main.json"] = json.dumps({"horaCorte": cut, "seed": seed}).encode()
+    archive = make_zip(tmp / f"{cut}_PREP.zip", files)
+    stored = store.ingest(archive, ingest=IngestSpec(), checksum=None, pinned=None, now=NOW)
+    return stored.manifest_digest
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[tuple[Store, str]]:
+    """A pod's store with an agent serving it on 127.0.0.1."""
+    store = _store(tmp_path / "a")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = AgentConfig(
+        publication="p", namespace="ns", pod="p-web-0", pod_ip="127.0.0.1", content_dir=store.root,
+        address="127.0.0.1", port=port, token_file=token_file, kubeconfig=None, interval=1.0,
+    )  # fmt: skip
+    server = serve(Agent(config, k8s.ApiClient()))
+    try:
+        yield store, f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+
+
+def _get(url: str, path: str, token: str | None) -> int:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_peer_answers_only_with_the_publications_token(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, url = peer
+    _ingest(store, tmp_path, "20240602_2040", seed=1)
+    assert _get(url, "/v1/versions/20240602_2040/manifest", None) == 401
+    assert _get(url, "/v1/versions/20240602_2040/manifest", "wrong") == 401
+    assert _get(url, "/v1/versions/20240602_2040/manifest", TOKEN) == 200
+    assert _get(url, "/v1/versions/20990101_0000/manifest", TOKEN) == 404
+    assert _get(url, "/healthz", None) == 200
+    # Not ready before the agent has read its publication.
+    assert _get(url, "/readyz", None) == 503
+
+
+def test_a_fetched_version_is_identical_and_links_what_the_pod_already_has(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    source, url = peer
+    first = _ingest(source, tmp_path, "20240602_2040", seed=1)
+    local = _store(tmp_path / "b")
+    counts = fetch_version(local, cut="20240602_2040", peer=url, token=TOKEN, expected_digest=first)
+    assert counts["linked"] == 0
+    assert counts["fetched"] == len(source.manifest("20240602_2040"))
+    assert local.manifest("20240602_2040") == source.manifest("20240602_2040")
+    for entry in local.manifest("20240602_2040"):
+        assert (local.versions / "20240602_2040" / entry.path).read_bytes() == (
+            source.versions / "20240602_2040" / entry.path
+        ).read_bytes()
+    local.swap_current("20240602_2040")
+    second = _ingest(source, tmp_path, "20240602_2100", seed=2)
+    counts = fetch_version(
+        local, cut="20240602_2100", peer=url, token=TOKEN, expected_digest=second
+    )
+    # Only what changed travels (main.json and the CSV, which carry the cut time); the rest is a
+    # hard link to the version the pod already has.
+    before = {(e.sha256, e.size) for e in source.manifest("20240602_2040")}
+    changed = [e.path for e in source.manifest("20240602_2100") if (e.sha256, e.size) not in before]
+    assert sorted(changed) == ["datos/20240602_PREP_GUB_MICH.csv", "json/main.json"]
+    assert counts["fetched"] == len(changed)
+    assert counts["linked"] == len(source.manifest("20240602_2100")) - len(changed)
+    same = local.versions / "20240602_2100" / "index.html"
+    assert same.stat().st_ino == (local.versions / "20240602_2040" / "index.html").stat().st_ino
+
+
+def test_a_digest_other_than_the_recorded_one_is_refused_and_leaves_nothing(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    source, url = peer
+    _ingest(source, tmp_path, "20240602_2040", seed=1)
+    local = _store(tmp_path / "b")
+    with pytest.raises(PeerError, match="expected"):
+        fetch_version(
+            local, cut="20240602_2040", peer=url, token=TOKEN, expected_digest="sha256:" + "0" * 64
+        )
+    with pytest.raises(PeerError, match="401"):
+        fetch_version(local, cut="20240602_2040", peer=url, token="wrong", expected_digest=None)
+    assert list(local.versions.iterdir()) == []
