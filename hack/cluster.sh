@@ -27,15 +27,30 @@ healthy() {
   [[ -f "$KUBECONFIG_PATH" ]] && kctl get --raw /readyz >/dev/null 2>&1
 }
 
+stop_stale() {
+  # Only processes whose command line names this cluster's directory: a pid file left by a
+  # killed cluster may point at an unrelated process by now.
+  local f pid
+  for f in "$CLUSTER_DIR"/pids/*.pid; do
+    [[ -f "$f" ]] || continue
+    pid="$(cat "$f")"
+    if [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$CLUSTER_DIR"; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
 up() {
   [[ -x "$BIN/kube-apiserver" && -x "$BIN/kwokctl" ]] || bash "$HERE/build-k8s.sh" >/dev/null
   if healthy; then
     log "cluster $NAME already running"
   else
     if [[ -d "$CLUSTER_DIR" ]]; then
-      log "cluster $NAME exists but is not healthy; starting it again"
-      "$BIN/kwokctl" --name "$NAME" start cluster --timeout 120s >&2 2>&1 ||
-        { "$BIN/kwokctl" --name "$NAME" delete cluster >&2 || true; }
+      # Left over from processes that were killed (a finished session, a reboot): its state is
+      # disposable, and a fresh cluster starts faster than kwokctl revives a stale one.
+      log "cluster $NAME exists but is not healthy; recreating it"
+      stop_stale
+      rm -rf "$CLUSTER_DIR" "$CLUSTER_DIR.kubeconfig"
     fi
     if ! healthy; then
       log "creating cluster $NAME (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)"
