@@ -35,6 +35,8 @@ CLUSTER = "difusor"
 NAMESPACE = "difusor"
 PUBLICATION = "prep-minimal"
 CUTS = ("20240602_2000", "20240602_2020")
+#: The pods' directories: outside /root, which the unprivileged sshd of each pod cannot enter.
+PODS = Path("/tmp/difusor-demo-pods")
 
 
 def say(message: str) -> None:
@@ -67,7 +69,7 @@ def serve() -> int:
     from tests.hostpods import Harness
 
     kubeconfig = os.environ["KUBECONFIG"]
-    harness = Harness(kubeconfig, namespace=NAMESPACE, root=STATE / "pods")
+    harness = Harness(kubeconfig, namespace=NAMESPACE, root=PODS)
     harness.start()
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
@@ -126,15 +128,31 @@ def up() -> int:
         target = pods[n % len(pods)]
         say(f"uploading {archive.name} over SFTP to {target['name']} ({target['ip']}:2222)")
         batch = f"put {archive} .{archive.name}.part\nrename .{archive.name}.part {archive.name}\n"
-        subprocess.run(
-            ["sftp", "-b", "-", "-P", "2222", "-F", "/dev/null", "-o", "BatchMode=yes",
-             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-             "-i", str(key), f"{user}@{target['ip']}"],
-            input=batch, text=True, check=True, capture_output=True,
-        )  # fmt: skip
+        sftp(
+            [
+                "-P",
+                "2222",
+                "-i",
+                str(key),
+                "-o",
+                f"UserKnownHostsFile={known_hosts}",
+                f"{user}@{target['ip']}",
+            ],
+            batch,
+        )
         deadline = time.monotonic() + 120
         while not all(served(p["ip"]) == cut for p in pods) and time.monotonic() < deadline:
             time.sleep(0.5)
+    kubectl(
+        kubeconfig,
+        "-n",
+        NAMESPACE,
+        "wait",
+        "--for=condition=Ready",
+        f"prep/{PUBLICATION}",
+        "--timeout=60s",
+        check=False,
+    )
     print()
     print(kubectl(kubeconfig, "-n", NAMESPACE, "get", "prep,prepcuts"))
     print("Each web pod serves the active cut (real nginx on its own loopback address):")
@@ -148,9 +166,32 @@ def up() -> int:
     print(f"  sftp -P 2222 -i {key} -o UserKnownHostsFile={known_hosts} {user}@{pods[0]['ip']}")
     print(f"  export KUBECONFIG={kubeconfig}; kubectl -n {NAMESPACE} get prep,cuts,pods")
     print(
-        f"Logs: {STATE}/operator.log, {STATE}/pods/pods/*/{{nginx,agent,sftp}}.log.  Stop: make demo-down"
+        f"Logs: {STATE}/operator.log, {PODS}/pods/*/{{nginx,agent,sftp}}.log.  Stop: make demo-down"
     )
     return 0
+
+
+def sftp(args: list[str], batch: str) -> None:
+    """Run an sftp batch, retrying while the pod's sshd is still starting."""
+    base = [
+        "sftp",
+        "-b",
+        "-",
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ]
+    for _ in range(60):
+        proc = subprocess.run(
+            [*base, *args], input=batch, text=True, capture_output=True, check=False
+        )
+        if proc.returncode == 0:
+            return
+        time.sleep(1)
+    raise SystemExit(f"demo: sftp failed: {proc.stderr}")
 
 
 def wait_pods(count: int) -> list[dict[str, str]]:
@@ -160,8 +201,11 @@ def wait_pods(count: int) -> list[dict[str, str]]:
             pods = json.loads((STATE / "pods.json").read_text())["pods"]
         except (FileNotFoundError, ValueError):
             pods = []
+        # Not Ready yet: a pod is Ready only once it serves a cut, and none has arrived.
         if len(pods) == count:
             return sorted(pods, key=lambda p: p["name"])
+        if not alive(STATE / "hostpods.pid"):
+            break
         time.sleep(1)
     raise SystemExit(f"demo: the host pods did not start; see {STATE}/hostpods.log")
 

@@ -120,6 +120,7 @@ class Harness:
         self.core = k8s.CoreV1Api(self.api)
         self.node = f"host-{namespace}"
         self.root = root or Path(tempfile.mkdtemp(prefix="difusor-hostpods-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         self.octet = next(_next_octet)
         self.next_ip = iter(range(2, 250))
