@@ -13,13 +13,11 @@ run). Reports p50 and p99; goal: serving_s under 2 s for 10 pods, skew under 0.2
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,9 +29,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import operator_on_a_cluster  # noqa: E402
 from tests.archives import make_zip, site_files  # noqa: E402
-from tests.conftest import BIN, OperatorProcess, kubectl, wait_for  # noqa: E402
-from tests.hostpods import Harness, HostPod, host_public_key  # noqa: E402
+from tests.conftest import BIN, kubectl, wait_for  # noqa: E402
+from tests.hostpods import Harness, HostPod, host_public_key, served_cut  # noqa: E402
 
 PUB = "prep-bench"
 
@@ -42,17 +41,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return round(ordered[index], 3)
-
-
-def cluster() -> tuple[str, bool]:
-    given = __import__("os").environ.get("DIFUSOR_BENCH_KUBECONFIG")
-    if given:
-        return given, False
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "cluster.sh"), "up", "difusor-bench"],
-        capture_output=True, text=True, check=True, timeout=900,
-    )  # fmt: skip
-    return out.stdout.strip(), True
 
 
 def package(work: Path, cut_id: str, *, megabytes: float, seed: int) -> Path:
@@ -68,19 +56,6 @@ def package(work: Path, cut_id: str, *, megabytes: float, seed: int) -> Path:
         big += block[rng.randrange(len(block) // 2) :]
     files["datos/actas_detalle.csv"] = bytes(big[: int(megabytes * 1_000_000)])
     return make_zip(work / f"{cut_id}_PREP_MICH.zip", files)
-
-
-def served(pod: HostPod) -> str | None:
-    conn = http.client.HTTPConnection(pod.ip, 8080, timeout=5)
-    try:
-        conn.request("GET", "/json/main.json")
-        resp = conn.getresponse()
-        resp.read()
-        return resp.getheader("X-Prep-Cut") if resp.status == 200 else None
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 def upload(harness: Harness, pod: HostPod, archive: Path, *, key: Path, known_hosts: Path) -> None:
@@ -116,7 +91,7 @@ def promote_once(
 
     def watch(pod: HostPod) -> None:
         while not stop.is_set():
-            if served(pod) == cut_id:
+            if served_cut(pod.ip) == cut_id:
                 firsts[pod.name] = time.monotonic()
                 return
             time.sleep(0.002)
@@ -244,28 +219,18 @@ def main() -> int:
     promotions = args.promotions or (10 if args.quick else 12)
     megabytes = args.cut_mb or (5.0 if args.quick else 50.0)
     sizes = [3] if args.quick else [3, 10]
-    kubeconfig, started = cluster()
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(
-        kubeconfig, "wait", "--for=condition=Established", "crd/preppublications.prep.difusor.io"
-    )
-    work = Path(tempfile.mkdtemp(prefix="difusor-bench-"))
-    operator = OperatorProcess(kubeconfig, work / "operator.log")
-    operator.start()
     began = time.monotonic()
-    try:
+    with operator_on_a_cluster() as bench:
         runs = [
-            run_size(kubeconfig, pods=n, promotions=promotions, megabytes=megabytes, work=work)
+            run_size(
+                bench.kubeconfig,
+                pods=n,
+                promotions=promotions,
+                megabytes=megabytes,
+                work=bench.work,
+            )
             for n in sizes
         ]
-    finally:
-        operator.stop()
-        if started:
-            subprocess.run(
-                ["bash", str(REPO / "hack" / "cluster.sh"), "down", "difusor-bench"],
-                capture_output=True,
-                check=False,
-            )
     print(json.dumps({"benchmark": "promotion", "quick": args.quick, "kubectl": str(BIN / "kubectl"),
                       "runs": runs, "elapsed_s": round(time.monotonic() - began, 1)}))  # fmt: skip
     return 0

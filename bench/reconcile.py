@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +24,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import OperatorProcess, kubectl  # noqa: E402
+from bench.common import operator_on_a_cluster  # noqa: E402
+from tests.conftest import kubectl  # noqa: E402
 
 from difusor.render.preview import render_stream  # noqa: E402
 
@@ -129,28 +128,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="N = 1 and 10 only")
     args = parser.parse_args()
     sizes = [1, 10] if args.quick else [1, 10, 50]
-    given = __import__("os").environ.get("DIFUSOR_BENCH_KUBECONFIG")
-    if given:
-        kubeconfig, started = given, False
-    else:
-        kubeconfig = subprocess.run(
-            ["bash", str(REPO / "hack" / "cluster.sh"), "up", "difusor-bench"],
-            capture_output=True, text=True, check=True, timeout=900,
-        ).stdout.strip()  # fmt: skip
-        started = True
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(
-        kubeconfig, "wait", "--for=condition=Established", "crd/preppublications.prep.difusor.io"
-    )
-    work = Path(tempfile.mkdtemp(prefix="difusor-bench-"))
-    operator = OperatorProcess(kubeconfig, work / "operator.log")
-    operator.start()
     results: list[dict[str, Any]] = []
-    try:
+    with operator_on_a_cluster() as bench:
         time.sleep(3)
         for n in sizes:
-            direct = direct_run(kubeconfig, n)
-            reconciled = operator_run(kubeconfig, n)
+            direct = direct_run(bench.kubeconfig, n)
+            reconciled = operator_run(bench.kubeconfig, n)
             results.append(
                 {
                     "publications": n,
@@ -160,16 +143,8 @@ def main() -> int:
                     "per_publication_s": round(reconciled / n, 3),
                 }
             )
-        assert operator.proc is not None
-        rss = peak_rss_mb(operator.proc.pid)
-    finally:
-        operator.stop()
-        if started:
-            subprocess.run(
-                ["bash", str(REPO / "hack" / "cluster.sh"), "down", "difusor-bench"],
-                capture_output=True,
-                check=False,
-            )
+        assert bench.operator.proc is not None
+        rss = peak_rss_mb(bench.operator.proc.pid)
     print(
         json.dumps(
             {

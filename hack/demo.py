@@ -11,7 +11,6 @@ script (`serve`), which plays kubelet for the publication's pods until `down`.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import kubectl  # noqa: E402
-from tests.hostpods import host_public_key  # noqa: E402
+from tests.hostpods import host_public_key, served_cut  # noqa: E402
 
 CACHE = Path(os.environ.get("DIFUSOR_CACHE", str(Path.home() / ".cache" / "difusor")))
 STATE = CACHE / "demo"
@@ -122,7 +121,7 @@ def up() -> int:
     known_hosts.write_text("".join(f"[{p['ip']}]:2222 {public}\n" for p in pods))
     user = json.loads((STATE / "pods.json").read_text())["sftp_user"]
     for n, cut in enumerate(CUTS):
-        if served(pods[0]["ip"]) and served(pods[0]["ip"]) >= cut:
+        if served_cut(pods[0]["ip"]) and served_cut(pods[0]["ip"]) >= cut:
             continue
         archive = make_zip(STATE / f"{cut}_PREP_MICH.zip", site_files(cut=cut, actas=500, seed=n))
         target = pods[n % len(pods)]
@@ -141,7 +140,7 @@ def up() -> int:
             batch,
         )
         deadline = time.monotonic() + 120
-        while not all(served(p["ip"]) == cut for p in pods) and time.monotonic() < deadline:
+        while not all(served_cut(p["ip"]) == cut for p in pods) and time.monotonic() < deadline:
             time.sleep(0.5)
     kubectl(
         kubeconfig,
@@ -158,7 +157,7 @@ def up() -> int:
     print("Each web pod serves the active cut (real nginx on its own loopback address):")
     for pod in pods:
         print(
-            f"  {pod['name']}: http://{pod['ip']}:8080/json/main.json   (cut {served(pod['ip'])})"
+            f"  {pod['name']}: http://{pod['ip']}:8080/json/main.json   (cut {served_cut(pod['ip'])})"
         )
     print(
         f"SFTP (the institute's endpoint, same host key on every pod): {user}@{pods[0]['ip']} port 2222"
@@ -208,17 +207,6 @@ def wait_pods(count: int) -> list[dict[str, str]]:
             break
         time.sleep(1)
     raise SystemExit(f"demo: the host pods did not start; see {STATE}/hostpods.log")
-
-
-def served(ip: str) -> str | None:
-    try:
-        conn = http.client.HTTPConnection(ip, 8080, timeout=2)
-        conn.request("GET", "/json/main.json")
-        resp = conn.getresponse()
-        resp.read()
-        return resp.getheader("X-Prep-Cut") if resp.status == 200 else None
-    except OSError:
-        return None
 
 
 def down() -> int:

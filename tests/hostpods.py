@@ -572,3 +572,16 @@ def host_public_key(kubeconfig: str, *, namespace: str, publication: str) -> str
 
     found: str = wait_for(f"the host keys of {publication}", read, timeout=120)
     return found
+
+
+def served_cut(ip: str) -> str | None:
+    """The X-Prep-Cut of a pod's /json/main.json, or None while it serves nothing."""
+    try:
+        conn = http.client.HTTPConnection(ip, HTTP_PORT, timeout=5)
+        conn.request("GET", "/json/main.json")
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+    except OSError:
+        return None
+    return resp.getheader("X-Prep-Cut") if resp.status == 200 else None

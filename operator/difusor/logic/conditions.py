@@ -38,35 +38,17 @@ def set_condition(
 ) -> list[Condition]:
     """Conditions with one of them set; lastTransitionTime changes only when status flips."""
     wanted = "True" if status else "False"
-    out: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.get("type") != type_:
-            out.append(cond)
-            continue
-        found = True
-        changed = cond.get("status") != wanted
-        out.append(
-            {
-                "type": type_,
-                "status": wanted,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": now if changed else cond.get("lastTransitionTime", now),
-            }
-        )
-    if not found:
-        out.append(
-            {
-                "type": type_,
-                "status": wanted,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": now,
-            }
-        )
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    kept = previous is not None and previous.get("status") == wanted
+    updated: Condition = {
+        "type": type_,
+        "status": wanted,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": previous.get("lastTransitionTime", now) if kept and previous else now,
+    }
+    out = [c for c in conditions if c.get("type") != type_] + [updated]
     order = {"Ready": 0, "Progressing": 1, "Degraded": 2}
     return sorted(out, key=lambda c: (order.get(str(c.get("type")), 9), str(c.get("type"))))
 

@@ -1,0 +1,59 @@
+"""What the cluster benchmarks share: a control plane with the CRDs and the operator running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import REPO, OperatorProcess, kubectl
+
+BENCH_CLUSTER = "difusor-bench"
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A cluster with difusor's CRDs, the operator running against it, and a scratch directory."""
+
+    kubeconfig: str
+    operator: OperatorProcess
+    work: Path
+
+
+@contextmanager
+def operator_on_a_cluster() -> Iterator[Bench]:
+    """$DIFUSOR_BENCH_KUBECONFIG, or a local control plane started here and stopped afterwards."""
+    given = os.environ.get("DIFUSOR_BENCH_KUBECONFIG")
+    script = str(REPO / "hack" / "cluster.sh")
+    if given:
+        kubeconfig = given
+    else:
+        kubeconfig = subprocess.run(
+            ["bash", script, "up", BENCH_CLUSTER],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        ).stdout.strip()
+    work = Path(tempfile.mkdtemp(prefix="difusor-bench-"))
+    operator = OperatorProcess(kubeconfig, work / "operator.log")
+    try:
+        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        kubectl(
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "crd/preppublications.prep.difusor.io",
+        )
+        operator.start()
+        yield Bench(kubeconfig, operator, work)
+    finally:
+        operator.stop()
+        if not given:
+            subprocess.run(
+                ["bash", script, "down", BENCH_CLUSTER], capture_output=True, check=False
+            )
