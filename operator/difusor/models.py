@@ -286,8 +286,6 @@ class IngestSpec(Model):
     """snapshot (the whole site) or overlay (changed files on top of the active version)."""
     cut_id_pattern: Annotated[str, AfterValidator(_check_regex)] = r"(?P<id>\d{8}_\d{4})"
     """Regular expression over the archive name with a named group `id` (the cut id, YYYYMMDD_HHMM)."""
-    cut_time_field: str | None = None
-    """Dotted path of a JSON field in /json/main.json holding the cut time, instead of the name."""
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "America/Mexico_City"
     """IANA time zone of the cut times in archive names."""
     max_bytes: Quantity = "20Gi"
