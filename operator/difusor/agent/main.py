@@ -189,6 +189,10 @@ class Agent:
         record = self.records.get(self.config.publication, cut) or {}
         digest = (record.get("spec") or {}).get("manifestDigest")
         received_by = (record.get("spec") or {}).get("receivedBy")
+        if not digest:
+            # Without the digest recorded at verification a copy could not be checked.
+            log.warning("Not fetching cut %s: its PrepCut has no manifest digest", cut)
+            return False
         for peer in self._peers_with(cut, prefer=received_by):
             try:
                 counts = fetch_version(

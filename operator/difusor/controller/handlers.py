@@ -57,6 +57,8 @@ def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool) -> None:
         if permanent:
             raise kopf.PermanentError(outcome.error)
         return
+    # A change of the spec (pinnedCut, promotion settings) or a restart may start a promotion.
+    _promote(memo, body.metadata.namespace, body.metadata.name)
     if outcome.error:
         raise kopf.TemporaryError(outcome.error, delay=10)
 
@@ -122,9 +124,12 @@ def _promote(memo: kopf.Memo, namespace: str | None, publication: str | None) ->
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=PROMOTION_INTERVAL)
-def promotion_clock(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """Let time-based transitions (stage timeouts) happen when nothing else changes."""
-    _promote(memo, namespace, name)
+def promotion_clock(
+    name: str, namespace: str | None, status: kopf.Status, memo: kopf.Memo, **_: Any
+) -> None:
+    """Let time-based transitions (stage timeouts) happen while a rollout waits on a pod."""
+    if ((status.get("rollout") or {}).get("phase") or "Idle") != "Idle":
+        _promote(memo, namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: "difusor", COMPONENT_LABEL: "web"})
