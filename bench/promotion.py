@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from bench.common import operator_on_a_cluster  # noqa: E402
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import BIN, kubectl, wait_for  # noqa: E402
-from tests.hostpods import Harness, HostPod, host_public_key, served_cut  # noqa: E402
+from tests.hostpods import Harness, HostPod, host_public_key, served_cut, sftp_put  # noqa: E402
 
 PUB = "prep-bench"
 
@@ -59,16 +59,7 @@ def package(work: Path, cut_id: str, *, megabytes: float, seed: int) -> Path:
 
 
 def upload(harness: Harness, pod: HostPod, archive: Path, *, key: Path, known_hosts: Path) -> None:
-    temporary = f".{archive.name}.part"
-    proc = subprocess.run(
-        [
-            "sftp", "-b", "-", "-P", "2222", "-F", "/dev/null", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "IdentitiesOnly=yes", "-i", str(key), f"{harness.sftp_user}@{pod.ip}",
-        ],
-        input=f"put {archive} {temporary}\nrename {temporary} {archive.name}\n",
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    proc = sftp_put(archive, user=harness.sftp_user, ip=pod.ip, key=key, known_hosts=known_hosts)
     if proc.returncode != 0:
         raise RuntimeError(f"sftp failed: {proc.stderr}")
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import kubectl  # noqa: E402
-from tests.hostpods import host_public_key, served_cut  # noqa: E402
+from tests.hostpods import host_public_key, served_cut, sftp_put  # noqa: E402
 
 CACHE = Path(os.environ.get("DIFUSOR_CACHE", str(Path.home() / ".cache" / "difusor")))
 STATE = CACHE / "demo"
@@ -126,19 +126,7 @@ def up() -> int:
         archive = make_zip(STATE / f"{cut}_PREP_MICH.zip", site_files(cut=cut, actas=500, seed=n))
         target = pods[n % len(pods)]
         say(f"uploading {archive.name} over SFTP to {target['name']} ({target['ip']}:2222)")
-        batch = f"put {archive} .{archive.name}.part\nrename .{archive.name}.part {archive.name}\n"
-        sftp(
-            [
-                "-P",
-                "2222",
-                "-i",
-                str(key),
-                "-o",
-                f"UserKnownHostsFile={known_hosts}",
-                f"{user}@{target['ip']}",
-            ],
-            batch,
-        )
+        upload(archive, user=user, ip=target["ip"], key=key, known_hosts=known_hosts)
         deadline = time.monotonic() + 120
         while not all(served_cut(p["ip"]) == cut for p in pods) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -170,23 +158,10 @@ def up() -> int:
     return 0
 
 
-def sftp(args: list[str], batch: str) -> None:
-    """Run an sftp batch, retrying while the pod's sshd is still starting."""
-    base = [
-        "sftp",
-        "-b",
-        "-",
-        "-F",
-        "/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-    ]
+def upload(archive: Path, *, user: str, ip: str, key: Path, known_hosts: Path) -> None:
+    """Upload over SFTP, retrying while the pod's sshd is still starting."""
     for _ in range(60):
-        proc = subprocess.run(
-            [*base, *args], input=batch, text=True, capture_output=True, check=False
-        )
+        proc = sftp_put(archive, user=user, ip=ip, key=key, known_hosts=known_hosts)
         if proc.returncode == 0:
             return
         time.sleep(1)

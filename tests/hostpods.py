@@ -32,14 +32,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from difusor.agent.sftpserver import prepare_host_keys
 from difusor.render.files import SSHD_RUNTIME_DIR
 
-from .conftest import require_binary
+from .conftest import require_binary, token_kubeconfig
 from .sshdproc import _run_as
 
 log = logging.getLogger("hostpods")
@@ -463,22 +462,9 @@ class Harness:
         token = self.core.create_namespaced_service_account_token(
             pod.spec.service_account_name, self.namespace, request
         ).status.token
-        admin = yaml.safe_load(Path(self.kubeconfig).read_text())
-        cluster = admin["clusters"][0]
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [cluster],
-            "users": [{"name": "agent", "user": {"token": token}}],
-            "contexts": [
-                {"name": "agent", "context": {"cluster": cluster["name"], "user": "agent"}}
-            ],
-            "current-context": "agent",
-        }
-        path = host.directory / "agent.kubeconfig"
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
-        return str(path)
+        return token_kubeconfig(
+            self.kubeconfig, token=token, path=host.directory / "agent.kubeconfig"
+        )
 
     # --- status ---------------------------------------------------------------------------
 
@@ -585,3 +571,20 @@ def served_cut(ip: str) -> str | None:
     except OSError:
         return None
     return resp.getheader("X-Prep-Cut") if resp.status == 200 else None
+
+
+def sftp_put(
+    archive: Path, *, user: str, ip: str, key: Path, known_hosts: Path, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Upload as the institute's client does: to a temporary name, then rename (real sftp)."""
+    temporary = f".{archive.name}.part"
+    return subprocess.run(
+        [
+            require_binary("sftp"), "-b", "-", "-P", str(SFTP_PORT), "-F", "/dev/null",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "IdentitiesOnly=yes",
+            "-i", str(key), f"{user}@{ip}",
+        ],
+        input=f"put {archive} {temporary}\nrename {temporary} {archive.name}\n",
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip

@@ -19,7 +19,7 @@ import yaml
 
 from .archives import make_zip, site_files
 from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import Harness, HostPod, dump_logs, host_public_key
+from .hostpods import Harness, HostPod, dump_logs, host_public_key, sftp_put
 
 pytestmark = pytest.mark.e2e
 
@@ -62,16 +62,9 @@ class Site:
         self.known_hosts.write_text(
             "".join(f"[{p.ip}]:2222 {self.host_public}\n" for p in self.harness.running())
         )
-        temporary = f".{archive.name}.part"
-        batch = f"put {archive} {temporary}\nrename {temporary} {archive.name}\n"
-        proc = subprocess.run(
-            [
-                require_binary("sftp"), "-b", "-", "-P", "2222", "-F", "/dev/null",
-                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "IdentitiesOnly=yes",
-                "-i", str(self.client_key), f"{self.harness.sftp_user}@{pod.ip}",
-            ],
-            input=batch, capture_output=True, text=True, timeout=300, check=False,
+        proc = sftp_put(
+            archive, user=self.harness.sftp_user, ip=pod.ip, key=self.client_key,
+            known_hosts=self.known_hosts, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 0, f"sftp to {pod.name} failed: {proc.stderr}"
 

@@ -12,6 +12,7 @@ from kubernetes import config as k8s_config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
+from difusor.models import API_VERSION
 from difusor.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 
 log = logging.getLogger(__name__)
@@ -138,23 +139,23 @@ class Cluster:
         return True
 
 
-def record_event(
+def publication_event(
     api: k8s.ApiClient,
     *,
-    involved: Obj,
+    metadata: Obj,
     reason: str,
     message: str,
     warning: bool = False,
     component: str,
 ) -> None:
-    """Record a core/v1 Event about an object (given as apiVersion/kind/metadata); never raises."""
-    meta = involved["metadata"]
+    """Record a core/v1 Event on a PrepPublication (given its metadata); never raises."""
+    meta = metadata
     stamp = datetime.now(UTC)
     event = k8s.CoreV1Event(
         metadata=k8s.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
         involved_object=k8s.V1ObjectReference(
-            api_version=involved["apiVersion"],
-            kind=involved["kind"],
+            api_version=API_VERSION,
+            kind="PrepPublication",
             name=meta["name"],
             namespace=meta["namespace"],
             uid=meta.get("uid"),

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from difusor.agent.peers import PeerError, fetch_version, manifest_payload, write_bundle
 from difusor.agent.records import Conflict, Records
 from difusor.ingest.scan import Intake
-from difusor.ingest.store import Quarantined, Store, Stored, _remove
+from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import api_client
 from difusor.logic.cuts import parse_cut
 from difusor.models import GROUP, VERSION, PrepPublicationSpec
@@ -139,7 +139,7 @@ class Agent:
                 except Conflict as exc:
                     log.warning("Refused %s: %s", outcome.archive, exc)
                     if outcome.cut != self.store.active_cut():
-                        _remove(self.store.versions / outcome.cut)
+                        remove(self.store.versions / outcome.cut)
                     self.records.event(
                         publication, reason="RejectedConflict", message=str(exc), warning=True
                     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from difusor.ingest.store import Store, _fsync_dir, _remove, _syncfs, _write_json
+from difusor.ingest.store import Store, fsync_dir, remove, syncfs, write_json
 from difusor.logic.archive import META_DIR, ManifestEntry, manifest_entries, member_path
 from difusor.logic.cuts import WORK_SUFFIX
 
@@ -119,7 +119,7 @@ def fetch_version(
             f"peer {peer} has {cut} with digest {document.get('digest')}, expected {expected_digest}"
         )
     work = store.versions / f"{cut}{WORK_SUFFIX}"
-    _remove(work)
+    remove(work)
     work.mkdir(parents=True)
     try:
         linked, needed = _link_known(entries, work, _local_index(store))
@@ -129,13 +129,13 @@ def fetch_version(
                 _receive(resp, work, needed)
         meta = work / META_DIR
         meta.mkdir(exist_ok=True)
-        _write_json(meta / "manifest.json", document)
-        _write_json(meta / "cut.json", {**record, "fetchedFrom": peer})
-        _syncfs(store.versions)
+        write_json(meta / "manifest.json", document)
+        write_json(meta / "cut.json", {**record, "fetchedFrom": peer})
+        syncfs(store.versions)
         os.rename(work, final)
-        _fsync_dir(store.versions)
+        fsync_dir(store.versions)
     except BaseException:
-        _remove(work)
+        remove(work)
         raise
     return {"linked": linked, "fetched": len(entries) - linked}
 

@@ -9,9 +9,9 @@ from typing import Any
 from kubernetes import client as k8s
 
 from difusor.ingest.store import Quarantined, Stored
-from difusor.kube import record_event
+from difusor.kube import publication_event
 from difusor.models import API_VERSION, GROUP, VERSION, cut_object_name
-from difusor.render.labels import PUBLICATION_LABEL, common_labels
+from difusor.render.labels import PUBLICATION_LABEL, common_labels, owner_reference
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ class Records:
                     **common_labels(meta["name"], component="cut"),
                     PUBLICATION_LABEL: meta["name"],
                 },
-                "ownerReferences": [
-                    {
-                        "apiVersion": API_VERSION,
-                        "kind": "PrepPublication",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                    }
-                ],
+                "ownerReferences": [owner_reference(meta["name"], meta["uid"], controller=False)],
             },
             "spec": spec,
         }
@@ -153,13 +146,9 @@ class Records:
 
     def event(self, publication: Obj, *, reason: str, message: str, warning: bool = False) -> None:
         """An Event on the publication from this pod's agent."""
-        record_event(
+        publication_event(
             self.api,
-            involved={
-                "apiVersion": API_VERSION,
-                "kind": "PrepPublication",
-                "metadata": publication["metadata"],
-            },
+            metadata=publication["metadata"],
             reason=reason,
             message=message,
             warning=warning,

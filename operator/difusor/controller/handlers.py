@@ -52,7 +52,12 @@ def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool) -> None:
         {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
     )
     if outcome.status_patch:
-        _patch_status(reconciler, body, outcome.status_patch)
+        _patch_status(
+            reconciler,
+            body.metadata.namespace or "",
+            body.metadata.name or "",
+            outcome.status_patch,
+        )
     if outcome.invalid:
         if permanent:
             raise kopf.PermanentError(outcome.error)
@@ -63,16 +68,11 @@ def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool) -> None:
         raise kopf.TemporaryError(outcome.error, delay=10)
 
 
-def _patch_status(reconciler: Reconciler, body: kopf.Body, patch: dict[str, Any]) -> None:
+def _patch_status(reconciler: Reconciler, namespace: str, name: str, patch: dict[str, Any]) -> None:
     api = k8s.CustomObjectsApi(reconciler.cluster.api)
     try:
         api.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            body.metadata.namespace or "",
-            PLURAL,
-            body.metadata.name,
-            {"status": patch},
+            GROUP, VERSION, namespace, PLURAL, name, {"status": patch}
         )
     except k8s.ApiException as exc:
         if exc.status != 404:
@@ -111,9 +111,7 @@ def workload_changed(
         raise
     outcome = reconciler.reconcile(owner)
     if outcome.status_patch:
-        api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, publication, {"status": outcome.status_patch},
-        )  # fmt: skip
+        _patch_status(reconciler, namespace, publication, outcome.status_patch)
 
 
 def _promote(memo: kopf.Memo, namespace: str | None, publication: str | None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from difusor.kube import record_event
+from difusor.kube import publication_event
 from difusor.logic.promotion import (
     COMMITTED,
     PROMOTED,
@@ -23,7 +23,6 @@ from difusor.logic.promotion import (
     decide,
 )
 from difusor.models import (
-    API_VERSION,
     GROUP,
     VERSION,
     PrepPublicationSpec,
@@ -172,9 +171,9 @@ class Promoter:
             if not self._fresh((namespace, name, reason, message), now):
                 continue
             log.info("Publication %s/%s: %s", namespace, name, message)
-            record_event(
+            publication_event(
                 self.api,
-                involved={"apiVersion": API_VERSION, "kind": "PrepPublication", "metadata": meta},
+                metadata=meta,
                 reason=reason,
                 message=message[0].upper() + message[1:],
                 warning=reason in ("StageTimeout", "PromotionFailed", "PinnedCutMissing"),

@@ -11,9 +11,9 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller import secrets
-from difusor.kube import Cluster, record_event
+from difusor.kube import Cluster, publication_event
 from difusor.logic.conditions import Observation, compute_conditions
-from difusor.models import API_VERSION, PrepPublicationSpec
+from difusor.models import PrepPublicationSpec
 from difusor.render.children import Target, managed_kinds, render_all
 from difusor.render.files import config_files
 from difusor.render.labels import Names, selector_string
@@ -67,13 +67,9 @@ class Reconciler:
 
     def event(self, body: Obj, *, reason: str, message: str, warning: bool = False) -> None:
         """Record an Event on the publication."""
-        record_event(
+        publication_event(
             self.cluster.api,
-            involved={
-                "apiVersion": API_VERSION,
-                "kind": "PrepPublication",
-                "metadata": body["metadata"],
-            },
+            metadata=body["metadata"],
             reason=reason,
             message=message,
             warning=warning,

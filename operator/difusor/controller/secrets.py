@@ -9,8 +9,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from difusor.render.children import Target
-from difusor.render.labels import GENERATED_ANNOTATION, Names, common_labels
+from difusor.render.children import Target, child_meta
+from difusor.render.labels import GENERATED_ANNOTATION, Names
 
 Obj = dict[str, Any]
 
@@ -42,23 +42,7 @@ def host_key_files() -> dict[str, bytes]:
 
 
 def _secret(target: Target, name: str, data: dict[str, bytes], note: str) -> Obj:
-    meta: Obj = {
-        "name": name,
-        "namespace": target.namespace,
-        "labels": common_labels(target.name),
-        "annotations": {GENERATED_ANNOTATION: note},
-    }
-    if target.uid:
-        meta["ownerReferences"] = [
-            {
-                "apiVersion": "prep.difusor.io/v1alpha1",
-                "kind": "PrepPublication",
-                "name": target.name,
-                "uid": target.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+    meta = child_meta(target, name, annotations={GENERATED_ANNOTATION: note})
     return {
         "apiVersion": "v1",
         "kind": "Secret",

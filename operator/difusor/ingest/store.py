@@ -111,10 +111,10 @@ class Store:
         active = self.active_cut()
         for path in sorted(self.versions.iterdir()):
             if path.name.endswith(WORK_SUFFIX):
-                _remove(path)
+                remove(path)
                 done.append(f"removed unfinished {path.name}")
             elif path.name != active and self._manifest_or_none(path.name) is None:
-                _remove(path)
+                remove(path)
                 done.append(f"removed version {path.name} without a valid manifest")
         for path in self.root.glob(".current.*"):
             path.unlink()
@@ -195,20 +195,20 @@ class Store:
         if final.exists():
             return self._already_stored(upload)
         work = self.versions / f"{upload.cut.id}{WORK_SUFFIX}"
-        _remove(work)
+        remove(work)
         try:
             stored = self._build(
                 upload, work=work, final=final, ingest=ingest, active=active, now=now, hook=hook
             )
         except OSError as exc:
-            _remove(work)
+            remove(work)
             if exc.errno == errno.ENOSPC:
                 raise Rejected(Reason.DISK_RESERVE, f"the volume filled up: {exc}") from exc
             raise
         except Rejected:
-            _remove(work)
+            remove(work)
             raise
-        _remove(work)
+        remove(work)
         archive.unlink()
         return stored
 
@@ -236,7 +236,7 @@ class Store:
         }
         # The reason is in place before the archive moves: a crash in between leaves the
         # archive in incoming/ to be judged again, never a quarantined archive without reason.
-        _write_json(self.quarantine_dir / f"{name}.reason.json", reason)
+        write_json(self.quarantine_dir / f"{name}.reason.json", reason)
         os.replace(archive, dest)
         for path in companions:
             if path.exists():
@@ -252,7 +252,7 @@ class Store:
         # Relative, so the volume serves the same wherever it is mounted.
         os.symlink(f"versions/{cut}", temporary)
         os.replace(temporary, self.current)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def prune(self, *, keep: int, protected: Iterable[str | None]) -> list[str]:
         """Removes the oldest versions beyond `keep`, never the active or a protected one."""
@@ -262,7 +262,7 @@ class Store:
             # Renamed first, so a crash mid-removal leaves a work directory, not half a version.
             trash = self.versions / f".{cut}.removing{WORK_SUFFIX}"
             os.rename(self.versions / cut, trash)
-            _remove(trash)
+            remove(trash)
         return doomed
 
     def _manifest_or_none(self, cut: str) -> list[ManifestEntry] | None:
@@ -355,15 +355,15 @@ class Store:
         }
         meta = root / META_DIR
         meta.mkdir()
-        _write_json(meta / "manifest.json", document)
-        _write_json(meta / "cut.json", record)
+        write_json(meta / "manifest.json", document)
+        write_json(meta / "cut.json", record)
         if hook:
             hook("manifest")
-        _syncfs(self.versions)
+        syncfs(self.versions)
         if hook:
             hook("synced")
         os.rename(root, final)
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         if hook:
             hook("renamed")
         return Stored(
@@ -500,20 +500,23 @@ def _overlay(
     return merged
 
 
-def _write_json(path: Path, document: Mapping[str, object]) -> None:
+def write_json(path: Path, document: Mapping[str, object]) -> None:
+    """Write a JSON file whole or not at all (a temporary file renamed over it)."""
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     os.replace(temporary, path)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove a file, link or directory tree if it exists."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in this directory durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -521,7 +524,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _syncfs(path: Path) -> None:
+def syncfs(path: Path) -> None:
     """Flushes the whole volume once: an fsync per file would cost a journal commit per file."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from difusor.models import (
-    API_VERSION,
     ClientAddressHeader,
     EdgeKind,
     PrepPublicationSpec,
@@ -19,6 +18,7 @@ from difusor.render.labels import (
     GENERATED_ANNOTATION,
     Names,
     common_labels,
+    owner_reference,
     selector_labels,
 )
 
@@ -96,23 +96,15 @@ def managed_kinds() -> list[tuple[str, str]]:
     ]
 
 
-def _meta(target: Target, name: str, *, component: str = "web", **extra: Any) -> Obj:
+def child_meta(target: Target, name: str, *, component: str = "web", **extra: Any) -> Obj:
+    """metadata of a child: name, namespace, labels and, once the uid is known, its owner."""
     meta: Obj = {
         "name": name,
         "namespace": target.namespace,
         "labels": common_labels(target.name, component=component),
     }
     if target.uid:
-        meta["ownerReferences"] = [
-            {
-                "apiVersion": API_VERSION,
-                "kind": "PrepPublication",
-                "name": target.name,
-                "uid": target.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+        meta["ownerReferences"] = [owner_reference(target.name, target.uid)]
     meta.update(extra)
     return meta
 
@@ -123,7 +115,7 @@ def service_account(target: Target) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _meta(target, names.agent),
+        "metadata": child_meta(target, names.agent),
     }
 
 
@@ -140,7 +132,7 @@ def agent_role(spec: PrepPublicationSpec, target: Target) -> Obj:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _meta(target, names.agent),
+        "metadata": child_meta(target, names.agent),
         "rules": [
             {
                 "apiGroups": ["prep.difusor.io"],
@@ -180,7 +172,7 @@ def agent_role_binding(target: Target) -> Obj:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _meta(target, names.agent),
+        "metadata": child_meta(target, names.agent),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.agent},
         "subjects": [
             {"kind": "ServiceAccount", "name": names.agent, "namespace": target.namespace}
@@ -200,7 +192,7 @@ def config_map(target: Target) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(target, names.config),
+        "metadata": child_meta(target, names.config),
         "data": dict(sorted(target.files.items())),
     }
 
@@ -213,13 +205,17 @@ def secret_placeholders(target: Target) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": _meta(target, names.host_keys, annotations={GENERATED_ANNOTATION: note}),
+            "metadata": child_meta(
+                target, names.host_keys, annotations={GENERATED_ANNOTATION: note}
+            ),
             "type": "Opaque",
         },
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": _meta(target, names.agent_token, annotations={GENERATED_ANNOTATION: note}),
+            "metadata": child_meta(
+                target, names.agent_token, annotations={GENERATED_ANNOTATION: note}
+            ),
             "type": "Opaque",
         },
     ]
@@ -231,7 +227,7 @@ def headless_service(target: Target) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(target, names.headless),
+        "metadata": child_meta(target, names.headless),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -250,7 +246,7 @@ def http_service(target: Target) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(target, names.http),
+        "metadata": child_meta(target, names.http),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(target.name),
@@ -278,7 +274,7 @@ def sftp_service(spec: PrepPublicationSpec, target: Target) -> Obj:
         body["externalTrafficPolicy"] = "Local"
     if svc.type is SftpServiceType.LOAD_BALANCER and spec.sftp.allowed_source_ranges:
         body["loadBalancerSourceRanges"] = list(spec.sftp.allowed_source_ranges)
-    meta = _meta(target, names.sftp)
+    meta = child_meta(target, names.sftp)
     if svc.annotations:
         meta["annotations"] = dict(svc.annotations)
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": body}
@@ -486,7 +482,7 @@ def stateful_set(spec: PrepPublicationSpec, target: Target) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _meta(target, names.web),
+        "metadata": child_meta(target, names.web),
         "spec": body,
     }
 
@@ -497,7 +493,7 @@ def pod_disruption_budget(spec: PrepPublicationSpec, target: Target) -> Obj:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(target, names.web),
+        "metadata": child_meta(target, names.web),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(target.name)},
@@ -518,7 +514,7 @@ def network_policies(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": _meta(target, names.web),
+            "metadata": child_meta(target, names.web),
             "spec": {
                 "podSelector": selector,
                 "policyTypes": ["Ingress"],
@@ -590,7 +586,7 @@ def edge_objects(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
         secret = _tls_secret(spec, target)
         if secret:
             body["tls"] = [{"hosts": [spec.host], "secretName": secret}]
-        meta = _meta(target, target.name, component="edge")
+        meta = child_meta(target, target.name, component="edge")
         annotations = _edge_annotations(spec, target)
         if annotations:
             meta["annotations"] = annotations
@@ -606,7 +602,7 @@ def edge_objects(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
             objects.append(traefik_middleware(spec, target))
         return objects
     if spec.edge.kind is EdgeKind.GATEWAY:
-        meta = _meta(target, target.name, component="edge")
+        meta = child_meta(target, target.name, component="edge")
         if spec.edge.annotations:
             meta["annotations"] = dict(spec.edge.annotations)
         return [
@@ -642,7 +638,7 @@ def traefik_middleware(spec: PrepPublicationSpec, target: Target) -> Obj:
     return {
         "apiVersion": TRAEFIK,
         "kind": "Middleware",
-        "metadata": _meta(target, names.ratelimit, component="edge"),
+        "metadata": child_meta(target, names.ratelimit, component="edge"),
         "spec": {"rateLimit": limit},
     }
 
@@ -654,7 +650,7 @@ def autoscaler(spec: PrepPublicationSpec, target: Target) -> Obj:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _meta(target, names.web),
+        "metadata": child_meta(target, names.web),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": names.web},
             "minReplicas": auto.min_replicas,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from difusor.models import GROUP
+from typing import Any
+
+from difusor.models import API_VERSION, GROUP
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -17,6 +19,23 @@ GENERATED_ANNOTATION = f"{GROUP}/generated"
 
 FIELD_MANAGER = "difusor"
 FINALIZER = f"{GROUP}/finalizer"
+
+
+def owner_reference(publication: str, uid: str, *, controller: bool = True) -> dict[str, Any]:
+    """A reference to the owning PrepPublication (garbage collection deletes with it).
+
+    The operator's children name it their controller and block its deletion until they are gone;
+    the agents' PrepCuts do neither (the agents may not update the publication's finalizers).
+    """
+    ref: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "PrepPublication",
+        "name": publication,
+        "uid": uid,
+    }
+    if controller:
+        ref.update(controller=True, blockOwnerDeletion=True)
+    return ref
 
 
 def selector_labels(publication: str) -> dict[str, str]:
