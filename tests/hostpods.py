@@ -46,6 +46,9 @@ log = logging.getLogger("hostpods")
 NODE_LABEL = "difusor.io/host-pods"
 HTTP_PORT, AGENT_PORT, SFTP_PORT = 8080, 8081, 2222
 _next_octet = iter(range(1, 250))
+#: Second octet of the host pods' addresses (127.<net>.<harness>.<pod>): runs that share a machine
+#: (several checkouts testing at once) set DIFUSOR_HOSTPOD_NET apart so their pods never collide.
+_NET = int(os.environ.get("DIFUSOR_HOSTPOD_NET", "1"))
 
 
 def _now() -> str:
@@ -318,7 +321,7 @@ class Harness:
         if claim_obj.status.phase != "Bound":
             return None
         if uid not in self.ips:
-            self.ips[uid] = f"127.1.{self.octet}.{next(self.next_ip)}"
+            self.ips[uid] = f"127.{_NET}.{self.octet}.{next(self.next_ip)}"
         ip = self.ips[uid]
         directory = self.root / "pods" / f"{name}-{uid[:8]}"
         shutil.rmtree(directory, ignore_errors=True)
