@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs from Debian the real programs the tests drive (nginx, sshd/sftp, Varnish, openssl, wrk),
+# Installs from Debian the real programs the tests drive (nginx, sshd/sftp, Varnish, openssl, wrk,
+# Prometheus and promtool),
 # only those that are missing, without starting any of them as a system service.
 set -euo pipefail
 
@@ -11,13 +12,15 @@ declare -A want=(
   [openssl]=openssl
   [wrk]=wrk
   [unzip]=unzip
+  [prometheus]=prometheus
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${want[$cmd]}")
 done
 if ((${#missing[@]} == 0)); then
-  echo "install-deps: nginx, sshd, sftp, varnishd, openssl, wrk already installed" >&2
+  echo "install-deps: nginx, sshd, sftp, varnishd, openssl, wrk, prometheus already installed" >&2
   exit 0
 fi
 if [[ $EUID -ne 0 ]]; then
@@ -33,6 +36,8 @@ if [[ ! -e $policy ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# sort -u: one package can bring several of the commands (prometheus and promtool).
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 ((created_policy)) && rm -f "$policy"
 echo "install-deps: done" >&2

@@ -28,7 +28,11 @@ from .chart_tools import (
 from .conftest import CHILDREN, REPO, OperatorProcess, kubectl, wait_for
 
 CRD_FILES = sorted((REPO / "crds").glob("*.yaml"))
-CRD_NAMES = ["preppublications.prep.difusor.io", "prepcuts.prep.difusor.io"]
+CRD_NAMES = [
+    "preppublications.prep.difusor.io",
+    "prepcuts.prep.difusor.io",
+    "prepincidents.prep.difusor.io",
+]
 CHILD_VERBS = {"get", "list", "create", "patch", "delete"}
 
 
@@ -152,7 +156,7 @@ def test_rendered_crds_carry_the_generated_spec_and_the_keep_policy(helm: Helm) 
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
 
     loose = of_kind(helm.template("--set", "crds.keep=false"), "CustomResourceDefinition")
-    assert len(loose) == 2
+    assert len(loose) == len(CRD_NAMES)
     assert all("annotations" not in crd["metadata"] for crd in loose)
     assert of_kind(helm.template("--set", "crds.enabled=false"), "CustomResourceDefinition") == []
 
@@ -216,7 +220,9 @@ def test_the_operator_runs_one_restricted_replica_with_kopfs_liveness(helm: Helm
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["args"] == ["operator", "--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container["args"] == [
+        "operator", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics", "0.0.0.0:9090",
+    ]  # fmt: skip
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert {"name": "healthz", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
     security = container["securityContext"]
@@ -353,8 +359,12 @@ def test_cluster_scoped_objects_are_named_per_release(helm: Helm) -> None:
 @pytest.mark.unit
 def test_metrics_objects_appear_only_when_asked(helm: Helm) -> None:
     plain = helm.template()
-    assert not of_kind(plain, "Service")
+    assert one(plain, "Service")["spec"]["ports"][0]["name"] == "metrics"
     assert not of_kind(plain, "ServiceMonitor")
+    quiet = helm.template("--set", "metrics.enabled=false")
+    assert not of_kind(quiet, "Service")
+    (container,) = one(quiet, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--metrics" not in container["args"]
     docs = helm.template("-f", str(CHART / "ci" / "servicemonitor-values.yaml"))
     service = one(docs, "Service")
     monitor = one(docs, "ServiceMonitor")

@@ -284,3 +284,32 @@ def test_the_active_cut_is_marked_promoted_once() -> None:
     assert decide(inputs, T0).cut_phases == {OLD: PROMOTED}
     inputs = replace(BASE, cuts=(cut(OLD, PROMOTED),))
     assert decide(inputs, T0).cut_phases == {}
+
+
+def test_a_pod_that_never_swaps_is_left_out_after_the_timeout_and_the_rest_promote() -> None:
+    committing = Rollout(target=NEW, phase=PHASE_COMMITTING, started_at=T0, committed_at=T0)
+    frozen = pods(("w-0", {NEW}, NEW), ("w-1", {NEW}, NEW), ("w-2", {NEW}, OLD))
+    inputs = replace(
+        BASE, rollout=committing, pods=frozen, cuts=(cut(OLD, PROMOTED), cut(NEW, COMMITTED))
+    )
+    assert decide(inputs, T0 + timedelta(seconds=119)).rollout == committing
+    d = decide(inputs, T0 + timedelta(seconds=120))
+    assert d.active == NEW
+    assert d.rollout == Rollout()
+    assert d.excluded == ("w-2",)
+    assert d.cut_phases == {NEW: PROMOTED, OLD: SUPERSEDED}
+    assert d.events[0][0] == "CommitTimeout"
+    assert "w-2" in d.events[0][1]
+
+
+def test_a_commit_no_pod_finishes_is_abandoned_and_the_site_keeps_its_cut() -> None:
+    committing = Rollout(target=NEW, phase=PHASE_COMMITTING, started_at=T0, committed_at=T0)
+    stuck = pods(("w-0", {NEW}, OLD), ("w-1", {NEW}, OLD))
+    inputs = replace(
+        BASE, rollout=committing, pods=stuck, cuts=(cut(OLD, PROMOTED), cut(NEW, COMMITTED))
+    )
+    d = decide(inputs, T0 + timedelta(seconds=121))
+    assert d.active == OLD
+    assert d.rollout == Rollout()
+    assert d.cut_phases == {NEW: FAILED}
+    assert d.events[0][0] == "RolloutAbandoned"

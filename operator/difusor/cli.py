@@ -36,13 +36,19 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     import difusor.controller.handlers  # noqa: F401  (registers the handlers)
+    from difusor.metrics import OperatorMetrics, serve
 
     _logging(args.verbose)
+    metrics = OperatorMetrics()
+    if args.metrics:
+        address, _, port = args.metrics.rpartition(":")
+        serve(metrics.registry, address=address or "0.0.0.0", port=int(port))
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness or None,
+        memo=kopf.Memo(metrics=metrics),
     )
     return 0
 
@@ -103,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch only this namespace (repeatable); all namespaces when absent",
     )  # fmt: skip
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness URL")
+    op.add_argument(
+        "--metrics", default="", metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics on /metrics there (0.0.0.0:9090); off when empty",
+    )  # fmt: skip
     op.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     op.set_defaults(handler=_cmd_operator)
 

@@ -485,6 +485,8 @@ class PrepPublicationSpec(Model):
     """Node selection, tolerations and priority of the web pods."""
     pinned_cut: CutId | None = None
     """Serve this cut instead of the newest (instant rollback); unset to follow new cuts."""
+    monitoring: MonitoringSpec = Field(default_factory=lambda: MonitoringSpec())
+    """Availability prober, automatic containment, Prometheus rules."""
 
     @model_validator(mode="after")
     def _replicas(self) -> PrepPublicationSpec:
@@ -563,6 +565,10 @@ class PrepPublicationStatus(Model):
     """Label selector of the web pods (for the scale subresource)."""
     observed_generation: int | None = None
     """metadata.generation last reconciled."""
+    availability: Availability | None = None
+    """The month's availability, from the prober."""
+    containment: Containment | None = None
+    """Automatic deny-list entries in force."""
 
 
 class CutPhase(StrEnum):
@@ -645,3 +651,214 @@ def cut_object_name(publication: str, cut_id: str) -> str:
 def parse_time(value: str) -> datetime:
     """An RFC 3339 timestamp as an aware datetime."""
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- Monitoring, availability, incidents and containment (issue 13) ---------------------------
+
+
+class ProbeVia(StrEnum):
+    """The path the availability prober takes to the site."""
+
+    SERVICE = "Service"
+    HOST = "Host"
+    PODS = "Pods"
+    URL = "Url"
+
+
+class ProbeSpec(Model):
+    """The operator's availability prober: what a reader would get, every few seconds."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.via != 'Url' || has(self.url)",
+                    "message": "monitoring.probe.via Url needs monitoring.probe.url",
+                    "fieldPath": ".url",
+                }
+            ]
+        }
+    )
+
+    enabled: bool = True
+    """Probe the site (only while it has an active cut: before the first cut nothing is due)."""
+    via: ProbeVia = ProbeVia.SERVICE
+    """Service (the NAME-http Service, from inside the cluster), Host (https://HOST, through the
+    edge and CDN), Pods (every Ready web pod directly: where Services have no endpoints) or Url."""
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] | None = (
+        None
+    )
+    """Base URL probed with via Url (http://edge.example:8080); the path is appended."""
+    path: UrlPath = "/json/main.json"
+    """Path probed: must answer 200, X-Prep-Cut equal to the active cut and a JSON body."""
+    interval_seconds: int = Field(default=5, ge=1, le=300)
+    """Seconds between two probes."""
+    timeout_seconds: int = Field(default=3, ge=1, le=60)
+    """Seconds before a probe counts as failed."""
+    failures_to_open: int = Field(default=2, ge=1, le=100)
+    """Failed probes in a row that open an incident."""
+    successes_to_close: int = Field(default=3, ge=1, le=100)
+    """Successful probes in a row that close it."""
+
+    @model_validator(mode="after")
+    def _url(self) -> ProbeSpec:
+        if self.via is ProbeVia.URL and not self.url:
+            raise ValueError("monitoring.probe.via Url needs monitoring.probe.url")
+        return self
+
+
+class AutoDenySpec(Model):
+    """Containment: ranges that the attack detector flags are denied on every pod for a while."""
+
+    enabled: bool = True
+    """Apply the detector's deny list automatically (the spec's own denyList always applies)."""
+    ttl_seconds: int = Field(default=900, ge=10, le=86400)
+    """How long an automatic entry stays (renewed while the range keeps attacking)."""
+    max_entries: int = Field(default=256, ge=1, le=4096)
+    """Most automatic entries at once (the oldest go first)."""
+    prefix_length_v4: int = Field(default=24, ge=8, le=32)
+    """IPv4 ranges are judged and denied by this prefix (24: a /24)."""
+    prefix_length_v6: int = Field(default=48, ge=16, le=128)
+    """IPv6 ranges are judged and denied by this prefix."""
+    min_requests_per_minute: int = Field(default=600, ge=10, le=10000000)
+    """A pod's minute with fewer requests never signals an attack."""
+
+
+class MonitoringSpec(Model):
+    """Metrics, alerts, the availability prober and automatic containment."""
+
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    """The availability prober."""
+    auto_deny: AutoDenySpec = Field(default_factory=AutoDenySpec)
+    """Automatic deny list from the attack detector."""
+    cut_cadence_minutes: int = Field(default=20, ge=1, le=1440)
+    """How often the institute publishes a cut (alert CutStale fires after cadence + grace)."""
+    cut_grace_minutes: int = Field(default=10, ge=0, le=1440)
+    """Grace after the cadence before the active cut counts as stale."""
+    integrity_check_files_per_minute: int = Field(default=600, ge=0, le=1000000)
+    """Served files each agent re-hashes per minute against the cut's manifest (0: off)."""
+    prometheus_rules: bool = True
+    """Create a PodMonitor and a PrometheusRule when the cluster serves monitoring.coreos.com/v1."""
+    rule_labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels of the PodMonitor and PrometheusRule (your Prometheus' selectors)."""
+
+
+class IncidentCause(StrEnum):
+    """Probable root cause of an incident."""
+
+    PODS_NOT_READY = "PodsNotReady"
+    PROMOTION_STUCK = "PromotionStuck"
+    EDGE = "Edge"
+    CDN = "CDN"
+    ATTACK = "Attack"
+    INGEST = "Ingest"
+    CONTENT = "Content"
+    UNKNOWN = "Unknown"
+
+
+class IncidentPhase(StrEnum):
+    """Whether an incident is still going on."""
+
+    OPEN = "Open"
+    RESOLVED = "Resolved"
+
+
+class IncidentAction(Model):
+    """One thing the operator (or an agent) did about an incident."""
+
+    at: str
+    """When (RFC 3339)."""
+    action: str
+    """What was done, in the past tense (`Denied 203.0.113.0/24 on every pod until ...`)."""
+
+
+class IncidentImpact(Model):
+    """What readers saw."""
+
+    failed_probes: int = 0
+    """Probes that failed while the incident was open."""
+    total_probes: int = 0
+    """Probes while the incident was open."""
+    affected_pods: list[str] = Field(default_factory=list)
+    """Web pods involved (not ready, excluded from a commit, corrupt, under attack)."""
+    denied_ranges: list[str] = Field(default_factory=list)
+    """Ranges denied by the containment of an attack."""
+    peak_requests_per_minute: int | None = None
+    """Attack: most requests one pod saw in a minute."""
+    rejected_share: float | None = None
+    """Attack: share of 429/403 answers in that minute."""
+
+
+class PrepIncidentSpec(Model):
+    """When and how an incident was detected (set once, when it opens)."""
+
+    publication: ObjectName
+    """Name of the PrepPublication."""
+    started_at: str
+    """When it started (the first failed probe, the stage timeout, the attack minute)."""
+    detected_by: Literal["Prober", "Promotion", "AttackDetector", "ContentCheck"]
+    """What noticed it."""
+
+
+class PrepIncidentStatus(Model):
+    """The incident as it stands: cause, impact, mitigation and, once over, its end."""
+
+    phase: IncidentPhase = IncidentPhase.OPEN
+    """Open or Resolved."""
+    cause: IncidentCause = IncidentCause.UNKNOWN
+    """Probable root cause: PodsNotReady, PromotionStuck, Edge, CDN, Attack, Ingest, Content."""
+    root_cause: str = ""
+    """The evidence behind the cause, in a sentence."""
+    ended_at: str | None = None
+    """When it ended."""
+    duration_seconds: int | None = None
+    """endedAt minus startedAt."""
+    impact: IncidentImpact = Field(default_factory=IncidentImpact)
+    """What readers saw."""
+    actions: list[IncidentAction] = Field(default_factory=list)
+    """Mitigation: what was done, in order."""
+
+
+class Availability(Model):
+    """The month's availability as the prober measured it."""
+
+    month: str
+    """Calendar month (UTC), YYYY-MM."""
+    probes: int = 0
+    """Probes this month."""
+    failed_probes: int = 0
+    """Probes that failed this month."""
+    ratio: float | None = None
+    """Successful probes over probes (the institute asks for >= 0.999)."""
+    last_probe_at: str | None = None
+    """When the last probe ran."""
+    last_error: str | None = None
+    """Why the last failed probe failed."""
+    open_incidents: list[str] = Field(default_factory=list)
+    """Names of the PrepIncidents still open."""
+
+
+class DenyEntry(Model):
+    """A range denied on every pod by the operator, until it expires."""
+
+    cidr: CIDR
+    """The range."""
+    since: str
+    """When it was first denied."""
+    expires_at: str
+    """When the entry goes (renewed while the range keeps attacking)."""
+    reason: str = ""
+    """The detector's evidence (`rejected-share 0.97 on web-0, 12000 requests/min`)."""
+
+
+class Containment(Model):
+    """Automatic containment in force."""
+
+    denied: list[DenyEntry] = Field(default_factory=list)
+    """Automatic deny-list entries (spec.rateLimit.denyList is applied besides these)."""
+
+
+def incident_object_name(publication: str, started_at: datetime, detected_by: str) -> str:
+    """Name of a PrepIncident: `<publication>-<yyyymmdd-hhmmss>-<detector>`, lower case."""
+    stamp = started_at.strftime("%Y%m%d-%H%M%S")
+    return f"{publication}-{stamp}-{detected_by.lower()}"[:253].rstrip("-")

@@ -101,6 +101,13 @@ tests/test_chart.py checks these rules against managed_kinds() and agent_role().
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Incidents: the prober, the promotion and the containment open, update and close them.
+- apiGroups: ["prep.difusor.io"]
+  resources: ["prepincidents"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["prep.difusor.io"]
+  resources: ["prepincidents/status"]
+  verbs: ["patch"]
 # SFTP host keys and the agents' token: generated once, never read back nor changed.
 - apiGroups: [""]
   resources: ["secrets"]
@@ -130,6 +137,10 @@ tests/test_chart.py checks these rules against managed_kinds() and agent_role().
   verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["traefik.io"]
   resources: ["middlewares"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# Alerts and scraping, only where the Prometheus Operator's CRDs exist.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors", "prometheusrules"]
   verbs: ["get", "list", "create", "patch", "delete"]
 {{- end }}
 

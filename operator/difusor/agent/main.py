@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,7 @@ from difusor.ingest.scan import Intake
 from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import api_client
 from difusor.logic.cuts import parse_cut
+from difusor.metrics import AgentMetrics, exposition
 from difusor.models import GROUP, VERSION, PrepPublicationSpec
 from difusor.render.labels import ACTIVE_ANNOTATION, STAGED_ANNOTATION, selector_string
 
@@ -82,6 +84,7 @@ class Agent:
         self.status: dict[str, Any] | None = None
         self.reported: dict[str, str | None] = {}
         self.last_error: str | None = None
+        self.metrics = AgentMetrics()
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
 
@@ -126,11 +129,18 @@ class Agent:
             self.status = status
         self._ingest(publication, spec, now)
         self._promote(spec, status)
+        active = (status.get("activeCut") or {}).get("id")
+        self.metrics.serving_active.set(
+            int(active is not None and self.store.active_cut() == active)
+        )
 
     def _ingest(
         self, publication: dict[str, Any], spec: PrepPublicationSpec, now: datetime
     ) -> None:
+        started = time.monotonic()
         for outcome in self.intake.run(ingest=spec.ingest, pinned=spec.pinned_cut, now=now):
+            self._measure(outcome, time.monotonic() - started)
+            started = time.monotonic()
             if isinstance(outcome, Stored):
                 try:
                     self.records.stored(
@@ -155,6 +165,20 @@ class Agent:
             except ValueError:
                 cut_id = None
             self.records.rejected(publication, outcome, cut_id=cut_id)
+
+    def _measure(self, outcome: Stored | Quarantined, seconds: float) -> None:
+        metrics = self.metrics
+        metrics.cuts_received.inc()
+        if isinstance(outcome, Quarantined):
+            metrics.cuts_rejected.labels(reason=str(outcome.reason)).inc()
+            return
+        if outcome.duplicate:
+            return
+        metrics.cuts_verified.inc()
+        metrics.ingest_bytes.inc(outcome.bytes)
+        metrics.ingest_seconds.observe(seconds)
+        if seconds > 0:
+            metrics.ingest_throughput.set(outcome.bytes / seconds)
 
     def _promote(self, spec: PrepPublicationSpec, status: dict[str, Any]) -> None:
         active = (status.get("activeCut") or {}).get("id")
@@ -276,6 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/readyz":
             ok, why = self.agent.ready()
             self._send(200 if ok else 503, (why + "\n").encode())
+            return
+        if self.path == "/metrics":
+            self._send(200, *exposition(self.agent.metrics.registry))
             return
         cut = self._version("manifest")
         if cut is not None:

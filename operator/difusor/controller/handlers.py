@@ -10,9 +10,11 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 
+from difusor.controller.monitor import Monitor
 from difusor.controller.promotion import Promoter
 from difusor.controller.reconcile import Reconciler, Settings
 from difusor.kube import Cluster, api_client
+from difusor.metrics import OperatorMetrics
 from difusor.models import GROUP, VERSION
 from difusor.render.labels import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED_BY_LABEL
 
@@ -35,7 +37,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 90
     settings.execution.max_workers = 8
     cluster = Cluster(api_client(os.environ.get("DIFUSOR_KUBECONFIG")))
-    memo.promoter = Promoter(cluster.api)
+    # `difusor operator` passes the metrics it serves; a bare `kopf run` gets a registry of its own.
+    metrics = memo.get("metrics") or OperatorMetrics()
+    memo.metrics = metrics
+    memo.promoter = Promoter(cluster.api, metrics)
+    memo.monitor = Monitor(cluster.api, metrics)
     memo.reconciler = Reconciler(
         cluster,
         Settings(
@@ -140,3 +146,12 @@ def pod_reported(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: A
 def cut_changed(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A cut was received or verified: it may start a promotion."""
     _promote(memo, namespace, spec.get("publication"))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+def prober(name: str, namespace: str | None, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
+    """The availability prober of one publication (see controller/monitor.py)."""
+    if not namespace:
+        return
+    monitor: Monitor = memo.monitor
+    monitor.run(namespace, name, stopped)

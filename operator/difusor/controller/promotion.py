@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
+from difusor.controller.incidents import Incidents
 from difusor.kube import publication_event
 from difusor.logic.promotion import (
     COMMITTED,
@@ -22,6 +23,7 @@ from difusor.logic.promotion import (
     Rollout,
     decide,
 )
+from difusor.metrics import OperatorMetrics
 from difusor.models import (
     GROUP,
     VERSION,
@@ -40,6 +42,13 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 REPEAT_AFTER = timedelta(minutes=10)
+#: Promotion events that mean a rollout got stuck: each opens (or adds to) an incident.
+STUCK = ("StageTimeout", "CommitTimeout", "PromotionFailed", "RolloutAbandoned")
+STAGING_PHASE, COMMITTING_PHASE = "Staging", "Committing"
+#: Promotion events that say something went wrong (Warning Events, counted as failures).
+WARNINGS = frozenset(
+    {"StageTimeout", "CommitTimeout", "PromotionFailed", "RolloutAbandoned", "PinnedCutMissing"}
+)
 
 
 def _stamp(when: datetime) -> str:
@@ -75,8 +84,10 @@ def _rollout_status(rollout: Rollout) -> Obj:
 class Promoter:
     """One promotion step per call; serialised per publication across kopf's handler threads."""
 
-    def __init__(self, api: k8s.ApiClient) -> None:
+    def __init__(self, api: k8s.ApiClient, metrics: OperatorMetrics | None = None) -> None:
         self.api = api
+        self.metrics = metrics or OperatorMetrics()
+        self.incidents = Incidents(api, self.metrics)
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -176,7 +187,7 @@ class Promoter:
                 metadata=meta,
                 reason=reason,
                 message=message[0].upper() + message[1:],
-                warning=reason in ("StageTimeout", "PromotionFailed", "PinnedCutMissing"),
+                warning=reason in WARNINGS,
                 component="difusor-operator",
             )
         patch: Obj = {}
@@ -193,11 +204,71 @@ class Promoter:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, "preppublications", name, {"status": patch}
             )
+        self._observe(publication, inputs, decision, by_id, now)
         target = decision.rollout.target or inputs.rollout.target
         for cut_id, phase in decision.cut_phases.items():
             self._cut_status(namespace, name, by_id.get(cut_id), phase=phase, now=now)
         if target and target in by_id:
             self._pod_reports(namespace, name, by_id[target], views, now)
+
+    def _observe(
+        self,
+        publication: Obj,
+        inputs: Inputs,
+        decision: Decision,
+        by_id: dict[str, Obj],
+        now: datetime,
+    ) -> None:
+        """Metrics of the step, and an incident when a rollout got stuck."""
+        meta = publication["metadata"]
+        labels = (meta["namespace"], meta["name"])
+        before, after = inputs.rollout, decision.rollout
+        if before.phase == STAGING_PHASE and after.phase == COMMITTING_PHASE and before.started_at:
+            seconds = (now - before.started_at).total_seconds()
+            self.metrics.promotion_phase.labels(*labels, "Staging").observe(seconds)
+        if (
+            before.phase == COMMITTING_PHASE
+            and after.phase != COMMITTING_PHASE
+            and before.committed_at
+        ):
+            seconds = (now - before.committed_at).total_seconds()
+            self.metrics.promotion_phase.labels(*labels, "Committing").observe(seconds)
+        if decision.active and decision.active != inputs.active:
+            self.metrics.cuts_promoted.labels(*labels).inc()
+            received = ((by_id.get(decision.active) or {}).get("status") or {}).get("receivedAt")
+            if received:
+                seconds = (now - parse_time(received)).total_seconds()
+                self.metrics.upload_to_live.labels(*labels).observe(seconds)
+        stuck = [(r, m) for r, m in decision.events if r in STUCK]
+        for reason, _message in stuck:
+            self.metrics.promotion_failures.labels(*labels, reason).inc()
+        if not stuck:
+            return
+        reason, message = stuck[-1]
+        target = before.target or after.target or ""
+        actions = {
+            "StageTimeout": f"Left {', '.join(decision.excluded)} out of the commit of {target}",
+            "CommitTimeout": f"Promoted {target} without {', '.join(decision.excluded)}; "
+            "they leave rotation until they serve it",
+            "PromotionFailed": f"Marked cut {target} Failed; kept serving {inputs.active}",
+            "RolloutAbandoned": f"Abandoned cut {target}; kept serving {inputs.active}",
+        }
+        existing = self.incidents.open_ones(*labels, detected_by="Promotion")
+        if existing:
+            self.incidents.update(
+                labels[0], existing[-1]["metadata"]["name"], action=actions[reason]
+            )
+            return
+        self.incidents.open(
+            publication,
+            started_at=before.started_at or now,
+            detected_by="Promotion",
+            cause="PromotionStuck",
+            root_cause=message[0].upper() + message[1:],
+            impact={"affectedPods": list(decision.excluded)},
+            actions=[actions[reason]],
+            now=now,
+        )
 
     def _cut_status(
         self, namespace: str, publication: str, cut: Obj | None, *, phase: str, now: datetime

@@ -228,6 +228,9 @@ def _committing(
             ("Promoted", f"promoted cut {target} on {len(done)}/{len(serving)} pods")
         )
         return decision
+    committed = decision.rollout.committed_at or now
+    if swapping and now - committed >= inputs.stage_timeout:
+        return _commit_timeout(inputs, decision, swapping, done)
     if not swapping:
         # Every pod that had staged the target is gone; start the target over on the pods there are.
         decision.events.append(
@@ -235,4 +238,41 @@ def _committing(
         )
         decision.rollout = Rollout(target=target, phase=PHASE_STAGING, started_at=now)
         decision.cut_phases[target] = STAGING
+    return decision
+
+
+def _commit_timeout(
+    inputs: Inputs, decision: Decision, swapping: list[PodView], done: list[PodView]
+) -> Decision:
+    """A commit some pods never finished (a frozen agent): promote on the rest, or abandon it."""
+    target = decision.rollout.target
+    assert target is not None
+    lagging = tuple(sorted(p.name for p in swapping if p not in done))
+    seconds = int(inputs.stage_timeout.total_seconds())
+    decision.excluded = lagging
+    if done:
+        decision.active = target
+        decision.rollout = Rollout()
+        decision.cut_phases[target] = PROMOTED
+        if inputs.active and inputs.active != target:
+            previous = next((c for c in inputs.cuts if c.id == inputs.active), None)
+            if previous is not None and previous.phase == PROMOTED:
+                decision.cut_phases[inputs.active] = SUPERSEDED
+        decision.events.append(
+            (
+                "CommitTimeout",
+                f"pods {', '.join(lagging)} did not swap to cut {target} within {seconds}s; "
+                f"promoted on {len(done)} pods, the rest leave rotation until they catch up",
+            )
+        )
+        return decision
+    decision.cut_phases[target] = FAILED
+    decision.rollout = Rollout()
+    decision.events.append(
+        (
+            "RolloutAbandoned",
+            f"no pod swapped to cut {target} within {seconds}s of the commit; "
+            f"abandoned it, still serving {inputs.active}",
+        )
+    )
     return decision

@@ -12,6 +12,8 @@ from difusor.models import (
     VERSION,
     PrepCutSpec,
     PrepCutStatus,
+    PrepIncidentSpec,
+    PrepIncidentStatus,
     PrepPublicationSpec,
     PrepPublicationStatus,
 )
@@ -213,9 +215,42 @@ def cut_crd() -> dict[str, Any]:
     )
 
 
+def incident_crd() -> dict[str, Any]:
+    """The PrepIncident CRD: one object per incident, the night's record of what went wrong."""
+    return _crd(
+        kind="PrepIncident",
+        plural="prepincidents",
+        short_names=["incident", "incidents"],
+        spec=PrepIncidentSpec,
+        status=PrepIncidentStatus,
+        categories=["difusor"],
+        subresources={"status": {}},
+        columns=[
+            {"name": "Publication", "type": "string", "jsonPath": ".spec.publication"},
+            {"name": "Cause", "type": "string", "jsonPath": ".status.cause"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Started", "type": "string", "jsonPath": ".spec.startedAt"},
+            {"name": "Seconds", "type": "integer", "jsonPath": ".status.durationSeconds"},
+            {
+                "name": "Detected by",
+                "type": "string",
+                "jsonPath": ".spec.detectedBy",
+                "priority": 1,
+            },
+            {
+                "name": "Root cause",
+                "type": "string",
+                "jsonPath": ".status.rootCause",
+                "priority": 1,
+            },
+        ],
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """Every CRD by the file name it is written to under crds/."""
     return {
         "prep.difusor.io_preppublications.yaml": publication_crd(),
         "prep.difusor.io_prepcuts.yaml": cut_crd(),
+        "prep.difusor.io_prepincidents.yaml": incident_crd(),
     }

@@ -1,0 +1,359 @@
+"""The availability prober of one publication: probes, the month's tally, incidents and gauges.
+
+One loop per publication (a kopf daemon). Every `monitoring.probe.intervalSeconds` it probes the
+public path it is told to (the Service, the host, a URL, or every Ready pod directly where
+Services have no endpoints), counts the result into status.availability, opens an incident after
+`failuresToOpen` failures in a row and resolves it after `successesToClose` successes. The tally
+is written at most every STATUS_EVERY seconds and on every open or close, so a crash of the
+operator loses at most that much of the count.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes import client as k8s
+from pydantic import ValidationError
+
+from difusor.controller.incidents import Incidents
+from difusor.logic.incidents import Evidence, Streak, advance, classify, probe_verdict, tally
+from difusor.metrics import OperatorMetrics
+from difusor.models import GROUP, VERSION, PrepPublicationSpec, ProbeSpec, ProbeVia, parse_time
+from difusor.render.labels import ACTIVE_ANNOTATION, Names, selector_string
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Protocol):
+    """What the loop needs of kopf's DaemonStopped (or a threading.Event, in tests)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> Any: ...
+
+
+Obj = dict[str, Any]
+PLURAL = "preppublications"
+#: Seconds between two writes of status.availability while nothing opens or closes.
+STATUS_EVERY = 30.0
+#: Port of nginx in a web pod and of the readers' Service.
+POD_HTTP_PORT = 8080
+SERVICE_PORT = 80
+PROBER = "Prober"
+PROMOTION = "Promotion"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe of the public path."""
+
+    ok: bool
+    error: str | None
+    failing_pods: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def fetch(url: str, *, timeout: float) -> tuple[int, str | None, bytes]:
+    """GET a URL: status, X-Prep-Cut and body (no redirects followed, no proxies)."""
+    parts = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request(
+            "GET",
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            headers={"User-Agent": "difusor-prober", "Cache-Control": "no-cache"},
+        )
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("X-Prep-Cut"), resp.read()
+    finally:
+        conn.close()
+
+
+def _ready(pod: k8s.V1Pod) -> bool:
+    if pod.metadata.deletion_timestamp is not None or not pod.status.pod_ip:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+class Monitor:
+    """Probes publications and keeps their incidents; one `run` loop per publication."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        metrics: OperatorMetrics,
+        *,
+        fetcher: Callable[..., tuple[int, str | None, bytes]] = fetch,
+    ) -> None:
+        self.api = api
+        self.core = k8s.CoreV1Api(api)
+        self.custom = k8s.CustomObjectsApi(api)
+        self.metrics = metrics
+        self.incidents = Incidents(api, metrics)
+        self.fetch = fetcher
+
+    def run(self, namespace: str, name: str, stopped: Stopped) -> None:
+        """Probe until the publication is deleted or the operator stops."""
+        streak = Streak()
+        last_write = 0.0
+        for found in self.incidents.open_ones(namespace, name, detected_by=PROBER)[-1:]:
+            streak = Streak(incident=found["metadata"]["name"])
+        while not stopped.is_set():
+            interval = 5.0
+            try:
+                publication = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    self.metrics.forget(namespace, name)
+                    return
+                log.warning("Prober of %s/%s could not read it: %s", namespace, name, exc.reason)
+                stopped.wait(interval)
+                continue
+            try:
+                spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
+            except ValidationError:
+                stopped.wait(interval)
+                continue
+            probe = spec.monitoring.probe
+            interval = float(probe.interval_seconds)
+            now = datetime.now(UTC)
+            try:
+                pods = self.core.list_namespaced_pod(
+                    namespace, label_selector=selector_string(name)
+                ).items
+                self._gauges(publication, pods, now)
+                self._heal_check(publication, pods, now)
+                if probe.enabled and _active(publication):
+                    streak, last_write = self._probe_once(
+                        publication, spec, pods, streak, now, last_write
+                    )
+            except (k8s.ApiException, OSError) as exc:
+                log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
+            stopped.wait(interval)
+
+    # --- one probe -------------------------------------------------------------------------
+
+    def probe(self, publication: Obj, probe: ProbeSpec, pods: list[k8s.V1Pod]) -> ProbeResult:
+        """Probe the public path once."""
+        meta, spec = publication["metadata"], publication["spec"]
+        status = publication.get("status") or {}
+        acceptable = [_active(publication) or ""]
+        rollout = status.get("rollout") or {}
+        if rollout.get("phase") == "Committing" and rollout.get("targetCut"):
+            acceptable.append(rollout["targetCut"])
+        started = time.monotonic()
+        if probe.via is ProbeVia.PODS:
+            targets = [
+                (p.metadata.name, f"http://{p.status.pod_ip}:{POD_HTTP_PORT}{probe.path}")
+                for p in pods
+                if _ready(p)
+            ]
+            if not targets:
+                return ProbeResult(False, "no web pod is Ready", seconds=_since(started))
+        elif probe.via is ProbeVia.URL:
+            targets = [("", (probe.url or "").rstrip("/") + probe.path)]
+        elif probe.via is ProbeVia.HOST:
+            scheme = "https" if spec.get("tls") else "http"
+            targets = [("", f"{scheme}://{spec['host']}{probe.path}")]
+        else:
+            service = f"{Names(meta['name']).http}.{meta['namespace']}.svc"
+            targets = [("", f"http://{service}:{SERVICE_PORT}{probe.path}")]
+        errors: list[str] = []
+        failing: list[str] = []
+        for pod, url in targets:
+            try:
+                code, cut, body = self.fetch(url, timeout=float(probe.timeout_seconds))
+                problem = probe_verdict(
+                    status=code, cut_header=cut, body=body, acceptable=acceptable
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"could not reach {url}: {exc}"
+            if problem:
+                errors.append(f"{pod}: {problem}" if pod else problem)
+                if pod:
+                    failing.append(pod)
+        if errors:
+            return ProbeResult(False, "; ".join(errors)[:900], tuple(failing), _since(started))
+        return ProbeResult(True, None, seconds=_since(started))
+
+    def _probe_once(
+        self,
+        publication: Obj,
+        spec: PrepPublicationSpec,
+        pods: list[k8s.V1Pod],
+        streak: Streak,
+        now: datetime,
+        last_write: float,
+    ) -> tuple[Streak, float]:
+        meta = publication["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        probe = spec.monitoring.probe
+        result = self.probe(publication, probe, pods)
+        self.metrics.probes.labels(namespace, name, "ok" if result.ok else "failed").inc()
+        self.metrics.probe_seconds.labels(namespace, name).observe(result.seconds)
+        status = publication.get("status") or {}
+        availability = tally(status.get("availability"), ok=result.ok, now=now, error=result.error)
+        self.metrics.availability.labels(namespace, name).set(availability["ratio"])
+        streak, action = advance(
+            streak,
+            ok=result.ok,
+            now=now,
+            failures_to_open=probe.failures_to_open,
+            successes_to_close=probe.successes_to_close,
+        )
+        impact: Obj = {
+            "failedProbes": streak.failed_probes,
+            "totalProbes": streak.total_probes,
+        }
+        if result.failing_pods:
+            impact["affectedPods"] = sorted(result.failing_pods)
+        changed = action is not None
+        if action == "open":
+            evidence = self._evidence(publication, spec, pods, result, now)
+            cause, why = classify(evidence)
+            if evidence.not_ready_pods and "affectedPods" not in impact:
+                impact["affectedPods"] = list(evidence.not_ready_pods)
+            incident = self.incidents.open(
+                publication,
+                started_at=streak.first_failure or now,
+                detected_by=PROBER,
+                cause=cause,
+                root_cause=why,
+                impact=impact,
+                actions=[f"Opened after {streak.failures} failed probes via {probe.via.value}"],
+                now=now,
+            )
+            streak = replace(streak, incident=incident)
+        elif action == "close" and streak.incident:
+            self.incidents.close(
+                publication,
+                streak.incident,
+                now=now,
+                impact=impact,
+                action=f"Closed after {streak.successes} successful probes",
+            )
+            streak = Streak()
+        elif streak.incident and not result.ok:
+            self.incidents.update(namespace, streak.incident, impact=impact)
+        elif streak.incident is None and result.ok and streak.failures == 0:
+            streak = replace(streak, first_failure=None)
+        open_names = self.incidents.count_open(namespace, name) if changed else None
+        if open_names is not None:
+            availability["openIncidents"] = open_names
+            self.metrics.incidents_open.labels(namespace, name).set(len(open_names))
+        else:
+            availability["openIncidents"] = (status.get("availability") or {}).get(
+                "openIncidents"
+            ) or []
+        if changed or time.monotonic() - last_write >= STATUS_EVERY or not result.ok:
+            self._write(namespace, name, {"availability": availability})
+            last_write = time.monotonic()
+        return streak, last_write
+
+    def _evidence(
+        self,
+        publication: Obj,
+        spec: PrepPublicationSpec,
+        pods: list[k8s.V1Pod],
+        result: ProbeResult,
+        now: datetime,
+    ) -> Evidence:
+        status = publication.get("status") or {}
+        rollout = status.get("rollout") or {}
+        started = rollout.get("startedAt")
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        degraded = conditions.get("Degraded") or {}
+        cut_time = (status.get("activeCut") or {}).get("time")
+        monitoring = spec.monitoring
+        return Evidence(
+            via=spec.monitoring.probe.via.value,
+            error=result.error or "",
+            desired_pods=spec.replicas,
+            ready_pods=sum(1 for p in pods if _ready(p)),
+            rollout_phase=rollout.get("phase") or "Idle",
+            rollout_seconds=(now - parse_time(started)).total_seconds() if started else 0.0,
+            stage_timeout_seconds=float(spec.promotion.stage_timeout_seconds),
+            attack=bool((status.get("containment") or {}).get("denied")),
+            cdn_degraded=degraded.get("status") == "True"
+            and "Purge" in str(degraded.get("reason")),
+            cut_age_seconds=(now - parse_time(cut_time)).total_seconds() if cut_time else None,
+            cut_max_age_seconds=60.0
+            * (monitoring.cut_cadence_minutes + monitoring.cut_grace_minutes),
+            not_ready_pods=tuple(sorted(p.metadata.name for p in pods if not _ready(p))),
+        )
+
+    # --- gauges and healing of promotion incidents -----------------------------------------
+
+    def _gauges(self, publication: Obj, pods: list[k8s.V1Pod], now: datetime) -> None:
+        meta = publication["metadata"]
+        labels = (meta["namespace"], meta["name"])
+        status = publication.get("status") or {}
+        active = status.get("activeCut") or {}
+        if active.get("time"):
+            age = (now - parse_time(active["time"])).total_seconds()
+            self.metrics.active_cut_age.labels(*labels).set(age)
+        rollout = status.get("rollout") or {}
+        started = rollout.get("startedAt")
+        busy = (rollout.get("phase") or "Idle") != "Idle" and started
+        self.metrics.rollout_age.labels(*labels).set(
+            (now - parse_time(started)).total_seconds() if busy and started else 0.0
+        )
+        off = [
+            p
+            for p in pods
+            if active.get("id")
+            and (p.metadata.annotations or {}).get(ACTIVE_ANNOTATION) != active["id"]
+        ]
+        self.metrics.pods_off_active_cut.labels(*labels).set(len(off))
+
+    def _heal_check(self, publication: Obj, pods: list[k8s.V1Pod], now: datetime) -> None:
+        """Resolve a promotion incident once every pod serves the active cut and is Ready."""
+        meta = publication["metadata"]
+        status = publication.get("status") or {}
+        active = (status.get("activeCut") or {}).get("id")
+        idle = ((status.get("rollout") or {}).get("phase") or "Idle") == "Idle"
+        if not active or not idle or not pods:
+            return
+        healthy = all(
+            _ready(p) and (p.metadata.annotations or {}).get(ACTIVE_ANNOTATION) == active
+            for p in pods
+        )
+        if not healthy:
+            return
+        for incident in self.incidents.open_ones(
+            meta["namespace"], meta["name"], detected_by=PROMOTION
+        ):
+            self.incidents.close(
+                publication,
+                incident["metadata"]["name"],
+                now=now,
+                action=f"Every pod serves cut {active} again and is Ready",
+            )
+
+    def _write(self, namespace: str, name: str, status: Obj) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            )
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _active(publication: Obj) -> str | None:
+    cut: str | None = ((publication.get("status") or {}).get("activeCut") or {}).get("id")
+    return cut
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
