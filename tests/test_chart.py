@@ -193,6 +193,7 @@ def test_every_template_holds_the_kind_its_name_says(helm: Helm) -> None:
         "service": "Service",
         "servicemonitor": "ServiceMonitor",
         "crd": "CustomResourceDefinition",
+        "configmap": "ConfigMap",
     }
     templates = sorted(p for p in (CHART / "templates").glob("*.yaml"))
     assert templates
@@ -341,7 +342,7 @@ def test_watching_namespaces_grants_roles_there_and_passes_them_to_the_operator(
             {"kind": "ServiceAccount", "name": "difusor", "namespace": "ops"}
         ]
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert container["args"][3:] == ["-n", "prep-michoacan", "-n", "prep-jalisco"]
+    assert container["args"][5:] == ["-n", "prep-michoacan", "-n", "prep-jalisco"]
 
 
 @pytest.mark.unit
@@ -378,8 +379,9 @@ def test_metrics_objects_appear_only_when_asked(helm: Helm) -> None:
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
     lonely = helm.run(
-        "template", "r", str(CHART), "--set", "metrics.serviceMonitor.enabled=true", check=False
-    )
+        "template", "r", str(CHART), "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.enabled=false", check=False,
+    )  # fmt: skip
     assert lonely.returncode != 0
     assert "metrics.enabled" in lonely.stderr
 

@@ -19,15 +19,22 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from pydantic import ValidationError
 
+from difusor.agent.containment import DenyList
 from difusor.agent.peers import PeerError, fetch_version, manifest_payload, write_bundle
 from difusor.agent.records import Conflict, Records
+from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake
 from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import api_client
 from difusor.logic.cuts import parse_cut
 from difusor.metrics import AgentMetrics, exposition
 from difusor.models import GROUP, VERSION, PrepPublicationSpec
-from difusor.render.labels import ACTIVE_ANNOTATION, STAGED_ANNOTATION, selector_string
+from difusor.render.labels import (
+    ACTIVE_ANNOTATION,
+    ATTACK_ANNOTATION,
+    STAGED_ANNOTATION,
+    selector_string,
+)
 
 log = logging.getLogger("difusor.agent")
 
@@ -49,6 +56,8 @@ class AgentConfig:
     token_file: Path
     kubeconfig: str | None
     interval: float
+    access_log: Path
+    nginx_pid_file: Path
 
     @classmethod
     def from_env(cls) -> AgentConfig:
@@ -65,6 +74,11 @@ class AgentConfig:
             token_file=Path(env.get("DIFUSOR_AGENT_TOKEN_FILE", "/etc/difusor/agent-token/token")),
             kubeconfig=env.get("DIFUSOR_KUBECONFIG") or None,
             interval=float(env.get("DIFUSOR_AGENT_INTERVAL", "0.5")),
+            access_log=Path(
+                env.get("DIFUSOR_ACCESS_LOG")
+                or Path(env.get("DIFUSOR_CONTENT_DIR", "/srv/prep")) / "logs" / "access.log"
+            ),
+            nginx_pid_file=Path(env.get("DIFUSOR_NGINX_PID_FILE", "/tmp/nginx.pid")),
         )
 
 
@@ -85,6 +99,9 @@ class Agent:
         self.reported: dict[str, str | None] = {}
         self.last_error: str | None = None
         self.metrics = AgentMetrics()
+        self.traffic = Traffic(config.access_log, self.metrics)
+        self.deny = DenyList(config.content_dir, config.nginx_pid_file)
+        self.attack: AttackReport | None = None
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
 
@@ -250,6 +267,36 @@ class Agent:
                 found.append((rank, f"http://{pod.status.pod_ip}:{self.config.port}"))
         return [url for _, url in sorted(found)]
 
+    def _watch_traffic(
+        self, spec: PrepPublicationSpec, status: dict[str, Any], now: datetime
+    ) -> None:
+        """Count the access log, report an attack on this pod, apply the automatic deny list."""
+        auto = spec.monitoring.auto_deny
+        self.traffic.read(prefix_v4=auto.prefix_length_v4, prefix_v6=auto.prefix_length_v6)
+        denied = [e["cidr"] for e in (status.get("containment") or {}).get("denied") or []]
+        report = self.traffic.report(
+            now.timestamp(),
+            min_requests=auto.min_requests_per_minute,
+            protected=spec.rate_limit.trusted_proxies,
+            existing=spec.rate_limit.deny_list,
+        )
+        if _attack_key(report) != _attack_key(self.attack):
+            value = json.dumps(report.wire(), sort_keys=True) if report else None
+            self.core.patch_namespaced_pod(
+                self.config.pod,
+                self.config.namespace,
+                {"metadata": {"annotations": {ATTACK_ANNOTATION: value}}},
+            )
+            if report:
+                log.warning(
+                    "Saw an attack on %s (%s, %d requests this minute): blamed %s",
+                    self.config.pod, ",".join(report.reasons), report.requests,
+                    ", ".join(report.ranges) or "no single range",
+                )  # fmt: skip
+            self.attack = report
+        self.deny.apply(denied)
+        self.metrics.deny_list.set(len(denied))
+
     def _report(self, *, staged: str | None, active: str | None) -> None:
         wanted = {STAGED_ANNOTATION: staged, ACTIVE_ANNOTATION: active}
         if all(self.reported.get(k.rsplit("/", 1)[1]) == v for k, v in wanted.items()):
@@ -258,6 +305,11 @@ class Agent:
             self.config.pod, self.config.namespace, {"metadata": {"annotations": wanted}}
         )
         self.reported = {"staged": staged, "active": active}
+
+
+def _attack_key(report: AttackReport | None) -> tuple[object, ...] | None:
+    """What changes the attack annotation (not the counts, which move every pass)."""
+    return None if report is None else (report.reasons, report.ranges)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -11,22 +11,24 @@ operator loses at most that much of the count.
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller.incidents import Incidents
+from difusor.logic.containment import contain
 from difusor.logic.incidents import Evidence, Streak, advance, classify, probe_verdict, tally
 from difusor.metrics import OperatorMetrics
 from difusor.models import GROUP, VERSION, PrepPublicationSpec, ProbeSpec, ProbeVia, parse_time
-from difusor.render.labels import ACTIVE_ANNOTATION, Names, selector_string
+from difusor.render.labels import ACTIVE_ANNOTATION, ATTACK_ANNOTATION, Names, selector_string
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ POD_HTTP_PORT = 8080
 SERVICE_PORT = 80
 PROBER = "Prober"
 PROMOTION = "Promotion"
+ATTACK_DETECTOR = "AttackDetector"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,13 @@ class Monitor:
         """Probe until the publication is deleted or the operator stops."""
         streak = Streak()
         last_write = 0.0
+        attack = next(
+            (
+                i["metadata"]["name"]
+                for i in self.incidents.open_ones(namespace, name, detected_by=ATTACK_DETECTOR)
+            ),
+            None,
+        )
         for found in self.incidents.open_ones(namespace, name, detected_by=PROBER)[-1:]:
             streak = Streak(incident=found["metadata"]["name"])
         while not stopped.is_set():
@@ -133,6 +143,7 @@ class Monitor:
                 ).items
                 self._gauges(publication, pods, now)
                 self._heal_check(publication, pods, now)
+                attack = self._contain(publication, spec, pods, now, attack)
                 if probe.enabled and _active(publication):
                     streak, last_write = self._probe_once(
                         publication, spec, pods, streak, now, last_write
@@ -339,6 +350,76 @@ class Monitor:
                 now=now,
                 action=f"Every pod serves cut {active} again and is Ready",
             )
+
+    # --- containment of attacks ------------------------------------------------------------
+
+    def _contain(
+        self,
+        publication: Obj,
+        spec: PrepPublicationSpec,
+        pods: list[k8s.V1Pod],
+        now: datetime,
+        incident: str | None,
+    ) -> str | None:
+        """Turn the pods' attack reports into the deny list of every pod; returns the incident."""
+        meta = publication["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        auto = spec.monitoring.auto_deny
+        current = ((publication.get("status") or {}).get("containment") or {}).get("denied") or []
+        reports: dict[str, Obj] = {}
+        for pod in pods:
+            raw = (pod.metadata.annotations or {}).get(ATTACK_ANNOTATION)
+            if not raw or not auto.enabled:
+                continue
+            try:
+                reports[pod.metadata.name] = json.loads(raw)
+            except ValueError:
+                continue
+        verdict = contain(
+            current,
+            reports,
+            now=now,
+            ttl=timedelta(seconds=auto.ttl_seconds if auto.enabled else 0),
+            max_entries=auto.max_entries,
+            protected=spec.rate_limit.trusted_proxies,
+            spec_deny=spec.rate_limit.deny_list,
+        )
+        self.metrics.denied_ranges.labels(namespace, name, "spec").set(
+            len(spec.rate_limit.deny_list)
+        )
+        self.metrics.denied_ranges.labels(namespace, name, "automatic").set(len(verdict.denied))
+        if verdict.changed:
+            self._write(namespace, name, {"containment": {"denied": verdict.denied}})
+        if verdict.added:
+            until = verdict.denied[-1]["expiresAt"] if verdict.denied else ""
+            action = f"Denied {', '.join(verdict.added)} on every pod until {until}"
+            log.warning("Publication %s/%s: %s", namespace, name, action)
+            impact = {
+                "deniedRanges": sorted({e["cidr"] for e in verdict.denied}),
+                "affectedPods": verdict.reporting_pods,
+                "peakRequestsPerMinute": verdict.peak_requests,
+                "rejectedShare": round(verdict.peak_rejected_share, 4),
+            }
+            if incident is None:
+                return self.incidents.open(
+                    publication,
+                    started_at=now,
+                    detected_by=ATTACK_DETECTOR,
+                    cause="Attack",
+                    root_cause="Attack detector on "
+                    + "; ".join(e["reason"] for e in verdict.denied if e["cidr"] in verdict.added),
+                    impact=impact,
+                    actions=[action],
+                    now=now,
+                )
+            self.incidents.update(namespace, incident, impact=impact, action=action)
+        if incident and not verdict.denied and not reports:
+            released = ", ".join(verdict.expired) or "every range"
+            self.incidents.close(
+                publication, incident, now=now, action=f"Released {released} after expiry"
+            )
+            return None
+        return incident
 
     def _write(self, namespace: str, name: str, status: Obj) -> None:
         try:

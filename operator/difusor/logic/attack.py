@@ -118,42 +118,72 @@ def _top(requests: Counter[str], rejected: Counter[str], top: int) -> tuple[Talk
     return tuple(Talker(key, count, rejected[key]) for key, count in ranked)
 
 
+class MinuteCounts:
+    """The running counts of one minute, fed one record at a time (bounded by `max_keys`).
+
+    An agent that follows a busy access log keeps these instead of the records: a flood of a
+    million requests costs a few counters, and a flood from many addresses at most `max_keys`
+    of them per minute (later newcomers are counted in the totals only).
+    """
+
+    def __init__(
+        self, minute: int, *, prefix_v4: int = 24, prefix_v6: int = 48, max_keys: int = 100000
+    ) -> None:
+        self.minute = minute
+        self.prefix_v4, self.prefix_v6, self.max_keys = prefix_v4, prefix_v6, max_keys
+        self.requests = self.too_many = self.forbidden = 0
+        self.addresses: Counter[str] = Counter()
+        self.address_rejected: Counter[str] = Counter()
+        self.ranges: Counter[str] = Counter()
+        self.range_rejected: Counter[str] = Counter()
+
+    def add(self, record: LogRecord) -> None:
+        """Count one request."""
+        self.requests += 1
+        self.too_many += record.status == TOO_MANY
+        self.forbidden += record.status == FORBIDDEN
+        cidr = address_range(record.addr, prefix_v4=self.prefix_v4, prefix_v6=self.prefix_v6)
+        if cidr is None:
+            return
+        rejected = record.status in (TOO_MANY, FORBIDDEN)
+        if record.addr in self.addresses or len(self.addresses) < self.max_keys:
+            self.addresses[record.addr] += 1
+            self.address_rejected[record.addr] += rejected
+        if cidr in self.ranges or len(self.ranges) < self.max_keys:
+            self.ranges[cidr] += 1
+            self.range_rejected[cidr] += rejected
+
+    def figures(self, *, top: int = 10) -> MinuteFigures:
+        """The minute's figures so far."""
+        return MinuteFigures(
+            minute=self.minute,
+            requests=self.requests,
+            too_many=self.too_many,
+            forbidden=self.forbidden,
+            top_addresses=_top(self.addresses, self.address_rejected, top),
+            top_ranges=_top(self.ranges, self.range_rejected, top),
+        )
+
+
 def minute_figures(
     records: Iterable[LogRecord], *, top: int = 10, prefix_v4: int = 24, prefix_v6: int = 48
 ) -> list[MinuteFigures]:
     """Per-minute figures, in time order, with quiet minutes between the first and last as zeros."""
-    by_minute: dict[int, list[LogRecord]] = {}
+    by_minute: dict[int, MinuteCounts] = {}
     for record in records:
-        by_minute.setdefault(int(record.ts // 60) * 60, []).append(record)
+        minute = int(record.ts // 60) * 60
+        counts = by_minute.get(minute)
+        if counts is None:
+            counts = by_minute[minute] = MinuteCounts(
+                minute, prefix_v4=prefix_v4, prefix_v6=prefix_v6
+            )
+        counts.add(record)
     if not by_minute:
         return []
-    figures = []
-    for minute in range(min(by_minute), max(by_minute) + 60, 60):
-        rows = by_minute.get(minute, [])
-        addresses: Counter[str] = Counter()
-        address_rejected: Counter[str] = Counter()
-        ranges: Counter[str] = Counter()
-        range_rejected: Counter[str] = Counter()
-        for row in rows:
-            cidr = address_range(row.addr, prefix_v4=prefix_v4, prefix_v6=prefix_v6)
-            if cidr is None:
-                continue
-            rejected = row.status in (TOO_MANY, FORBIDDEN)
-            addresses[row.addr] += 1
-            ranges[cidr] += 1
-            address_rejected[row.addr] += rejected
-            range_rejected[cidr] += rejected
-        figures.append(
-            MinuteFigures(
-                minute=minute,
-                requests=len(rows),
-                too_many=sum(row.status == TOO_MANY for row in rows),
-                forbidden=sum(row.status == FORBIDDEN for row in rows),
-                top_addresses=_top(addresses, address_rejected, top),
-                top_ranges=_top(ranges, range_rejected, top),
-            )
-        )
-    return figures
+    return [
+        (by_minute.get(minute) or MinuteCounts(minute)).figures(top=top)
+        for minute in range(min(by_minute), max(by_minute) + 60, 60)
+    ]
 
 
 def detect_attacks(

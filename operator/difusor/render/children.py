@@ -21,6 +21,7 @@ from difusor.render.labels import (
     owner_reference,
     selector_labels,
 )
+from difusor.render.monitoring import MONITORING, pod_monitor, prometheus_rule
 
 Obj = dict[str, Any]
 
@@ -72,6 +73,7 @@ def render_all(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
         pod_disruption_budget(spec, target),
         *network_policies(spec, target),
         *edge_objects(spec, target),
+        *monitoring_objects(spec, target),
     ]
     if spec.autoscaling.enabled:
         objects.append(autoscaler(spec, target))
@@ -93,7 +95,24 @@ def managed_kinds() -> list[tuple[str, str]]:
         (GATEWAY, "HTTPRoute"),
         (TRAEFIK, "Middleware"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        (MONITORING, "PodMonitor"),
+        (MONITORING, "PrometheusRule"),
     ]
+
+
+def monitoring_objects(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
+    """PodMonitor and PrometheusRule, only where the cluster serves monitoring.coreos.com/v1."""
+    if MONITORING not in target.capabilities or not spec.monitoring.prometheus_rules:
+        return []
+    objects = [
+        pod_monitor(spec, name=target.name, namespace=target.namespace),
+        prometheus_rule(spec, name=target.name, namespace=target.namespace),
+    ]
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        obj["metadata"] = child_meta(target, obj["metadata"]["name"], component="monitoring")
+        obj["metadata"]["labels"] = labels
+    return objects
 
 
 def child_meta(target: Target, name: str, *, component: str = "web", **extra: Any) -> Obj:
@@ -347,7 +366,8 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
         "name": "agent",
         "image": image,
         "args": ["agent"],
-        "env": _env(target),
+        # The agent reloads nginx (SIGHUP, through the shared /tmp pid file) for the deny list.
+        "env": [*_env(target), {"name": "DIFUSOR_NGINX_PID_FILE", "value": "/tmp/nginx.pid"}],
         "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/readyz", "agent", period=2, failures=2),
         "livenessProbe": _probe("/healthz", "agent", period=10, failures=3),
@@ -393,6 +413,8 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
         "spec": {
             "serviceAccountName": names.agent,
             "enableServiceLinks": False,
+            # The agent signals nginx (reload for the automatic deny list).
+            "shareProcessNamespace": True,
             "terminationGracePeriodSeconds": 30,
             "securityContext": {
                 "runAsNonRoot": True,
@@ -503,7 +525,7 @@ def pod_disruption_budget(spec: PrepPublicationSpec, target: Target) -> Obj:
 
 
 def network_policies(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
-    """Web port open; SFTP only from the allowed ranges; the agent port only between peers."""
+    """Web port open; SFTP only from the allowed ranges; the agent port to peers and scrapers."""
     names = Names(target.name)
     selector = {"matchLabels": selector_labels(target.name)}
     sftp_from: list[Obj] = [{"ipBlock": {"cidr": cidr}} for cidr in spec.sftp.allowed_source_ranges]
@@ -521,8 +543,10 @@ def network_policies(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
                 "ingress": [
                     {"ports": [{"protocol": "TCP", "port": HTTP_PORT}]},
                     sftp_rule,
+                    # Peers fetch versions here (with the agent token) and Prometheus, from
+                    # any namespace, scrapes /metrics.
                     {
-                        "from": [{"podSelector": selector}],
+                        "from": [{"podSelector": selector}, {"namespaceSelector": {}}],
                         "ports": [{"protocol": "TCP", "port": AGENT_PORT}],
                     },
                 ],

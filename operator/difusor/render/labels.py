@@ -14,6 +14,8 @@ PUBLICATION_LABEL = f"{GROUP}/publication"
 
 STAGED_ANNOTATION = f"{GROUP}/staged"
 ACTIVE_ANNOTATION = f"{GROUP}/active"
+#: What a pod's agent sees of an attack (JSON: minute, reasons, requests, ranges it blames).
+ATTACK_ANNOTATION = f"{GROUP}/attack"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 GENERATED_ANNOTATION = f"{GROUP}/generated"
 

@@ -24,6 +24,8 @@ RUN_DIR: Final = "/tmp"
 #: JSON access log, on the content volume (subPath `logs`) so that it outlives the pod and the
 #: agent of the same pod can ship it; the agent rotates it and sends nginx USR1 to reopen.
 ACCESS_LOG_PATH: Final = "/var/log/difusor/access.log"
+#: Under the content directory: the automatic deny list that the agent writes (`*.conf`).
+CONTAINMENT_DIR: Final = "containment"
 #: Inside a version, the file whose presence makes the version complete (written last by the agent).
 READY_MARKER: Final = ".prep/manifest.json"
 #: What the institute asks for on /json/main.json, and what every no-store path gets.
@@ -295,6 +297,9 @@ def render_nginx_conf(
         "        # Without `current` (a new pod) nginx logs the failed realpath() and the value is",
         "        # empty: files and /readyz answer 503.",
         "        set $prep_root $prep_realpath;",
+        "        # The operator's automatic deny list (containment of an attack), written by the agent",
+        "        # and applied by a coalesced reload; none at all is fine.",
+        f"        include {content}/{CONTAINMENT_DIR}/*.conf;",
         "        if ($prep_denied) {",
         "            return 403;",
         "        }",
@@ -308,6 +313,7 @@ def render_nginx_conf(
         "",
         f"        location = {HEALTHZ_PATH} {{",
         "            access_log off;",
+        "            allow all;",
         "            default_type text/plain;",
         *_indent(_headers(spec, cache_control="no-store"), 12),
         '            return 200 "ok\\n";',
@@ -315,6 +321,7 @@ def render_nginx_conf(
         "",
         f"        location = {READYZ_PATH} {{",
         "            access_log off;",
+        "            allow all;",
         "            default_type text/plain;",
         *_indent(_headers(spec, cache_control="no-store"), 12),
         '            if ($prep_cut = "") {',
