@@ -125,3 +125,34 @@ def test_a_digest_other_than_the_recorded_one_is_refused_and_leaves_nothing(
     with pytest.raises(PeerError, match="401"):
         fetch_version(local, cut="20240602_2040", peer=url, token="wrong", expected_digest=None)
     assert list(local.versions.iterdir()) == []
+
+
+def test_the_background_check_finds_a_damaged_file_and_a_peer_repairs_it(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    from difusor.agent.integrity import IntegrityCheck, file_matches
+    from difusor.agent.peers import repair_files
+
+    source, url = peer
+    digest = _ingest(source, tmp_path, "20240602_2040", seed=1)
+    local = _store(tmp_path / "b")
+    fetch_version(local, cut="20240602_2040", peer=url, token=TOKEN, expected_digest=digest)
+    local.swap_current("20240602_2040")
+    entries = local.manifest("20240602_2040")
+    victim = next(e for e in entries if e.path == "json/main.json")
+    path = local.versions / "20240602_2040" / victim.path
+    original = path.read_bytes()
+    # Damaged in place (as a bad disk or a stray edit would), keeping its size.
+    path.write_bytes(b"X" * len(original))
+    check = IntegrityCheck(local)
+    check.last -= 60  # a minute's budget at once: every file
+    cut, damaged, checked = check.step(files_per_minute=len(entries))
+    assert (cut, [e.path for e in damaged], checked) == (
+        "20240602_2040",
+        [victim.path],
+        len(entries),
+    )
+    assert repair_files(local, cut="20240602_2040", peer=url, token=TOKEN, entries=damaged) == 1
+    assert path.read_bytes() == original
+    assert file_matches(local, "20240602_2040", victim)
+    assert not [p for p in local.versions.iterdir() if "repair" in p.name]

@@ -20,12 +20,20 @@ from kubernetes import watch as k8s_watch
 from pydantic import ValidationError
 
 from difusor.agent.containment import DenyList
-from difusor.agent.peers import PeerError, fetch_version, manifest_payload, write_bundle
+from difusor.agent.integrity import IntegrityCheck
+from difusor.agent.peers import (
+    PeerError,
+    fetch_version,
+    manifest_payload,
+    repair_files,
+    write_bundle,
+)
 from difusor.agent.records import Conflict, Records
 from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake
 from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import api_client
+from difusor.logic.archive import ManifestEntry
 from difusor.logic.cuts import parse_cut
 from difusor.metrics import AgentMetrics, exposition
 from difusor.models import GROUP, VERSION, PrepPublicationSpec
@@ -56,8 +64,10 @@ class AgentConfig:
     token_file: Path
     kubeconfig: str | None
     interval: float
-    access_log: Path
-    nginx_pid_file: Path
+    access_log: Path | None = None
+    """nginx's JSON access log (default: logs/access.log on the content volume)."""
+    nginx_pid_file: Path = Path("/tmp/nginx.pid")
+    """nginx's pid file, on the /tmp volume the containers share (for reloads)."""
 
     @classmethod
     def from_env(cls) -> AgentConfig:
@@ -74,10 +84,7 @@ class AgentConfig:
             token_file=Path(env.get("DIFUSOR_AGENT_TOKEN_FILE", "/etc/difusor/agent-token/token")),
             kubeconfig=env.get("DIFUSOR_KUBECONFIG") or None,
             interval=float(env.get("DIFUSOR_AGENT_INTERVAL", "0.5")),
-            access_log=Path(
-                env.get("DIFUSOR_ACCESS_LOG")
-                or Path(env.get("DIFUSOR_CONTENT_DIR", "/srv/prep")) / "logs" / "access.log"
-            ),
+            access_log=Path(env["DIFUSOR_ACCESS_LOG"]) if env.get("DIFUSOR_ACCESS_LOG") else None,
             nginx_pid_file=Path(env.get("DIFUSOR_NGINX_PID_FILE", "/tmp/nginx.pid")),
         )
 
@@ -99,9 +106,13 @@ class Agent:
         self.reported: dict[str, str | None] = {}
         self.last_error: str | None = None
         self.metrics = AgentMetrics()
-        self.traffic = Traffic(config.access_log, self.metrics)
+        self.traffic = Traffic(
+            config.access_log or config.content_dir / "logs" / "access.log", self.metrics
+        )
         self.deny = DenyList(config.content_dir, config.nginx_pid_file)
         self.attack: AttackReport | None = None
+        self.integrity = IntegrityCheck(self.store)
+        self.damaged: tuple[str, dict[str, ManifestEntry]] | None = None
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
 
@@ -111,6 +122,10 @@ class Agent:
             status = self.status
         if status is None:
             return False, "publication not read yet"
+        with self.lock:
+            damaged = self.damaged
+        if damaged is not None:
+            return False, f"{len(damaged[1])} files of cut {damaged[0]} damaged; re-fetching them"
         current = self.store.active_cut()
         active = (status.get("activeCut") or {}).get("id")
         rollout = status.get("rollout") or {}
@@ -296,6 +311,48 @@ class Agent:
             self.attack = report
         self.deny.apply(denied)
         self.metrics.deny_list.set(len(denied))
+
+    def _check_content(self, publication: dict[str, Any], spec: PrepPublicationSpec) -> None:
+        """Re-hash a few served files; a damaged one takes the pod out of rotation until repaired."""
+        rate = spec.monitoring.integrity_check_files_per_minute
+        cut, found, checked = self.integrity.step(files_per_minute=rate)
+        self.metrics.content_checked.inc(checked)
+        if found and cut:
+            self.metrics.content_corrupt.inc(len(found))
+            with self.lock:
+                known = dict(self.damaged[1]) if self.damaged and self.damaged[0] == cut else {}
+                self.damaged = (cut, {**known, **{e.path: e for e in found}})
+            message = (
+                f"{self.config.pod}: {len(found)} served files of cut {cut} differ from its "
+                f"manifest, such as {found[0].path}; the pod left rotation to re-fetch them"
+            )
+            log.warning(message)
+            self.records.event(publication, reason="ContentCorrupt", message=message, warning=True)
+        damaged = self.damaged
+        if damaged is None:
+            return
+        cut, entries = damaged
+        if cut != self.store.active_cut():
+            with self.lock:
+                self.damaged = None
+            return
+        for peer in self._peers_with(cut, prefer=None):
+            try:
+                count = repair_files(
+                    self.store, cut=cut, peer=peer, token=self.token, entries=list(entries.values())
+                )
+            except (PeerError, OSError) as exc:
+                log.warning("Could not repair cut %s from %s: %s", cut, peer, exc)
+                continue
+            self.metrics.content_repairs.inc()
+            with self.lock:
+                self.damaged = None
+            message = (
+                f"{self.config.pod}: re-fetched {count} damaged files of cut {cut} from {peer}"
+            )
+            log.info(message)
+            self.records.event(publication, reason="ContentRepaired", message=message)
+            return
 
     def _report(self, *, staged: str | None, active: str | None) -> None:
         wanted = {STAGED_ANNOTATION: staged, ACTIVE_ANNOTATION: active}

@@ -184,3 +184,31 @@ def _receive(stream: IO[bytes], work: Path, needed: dict[str, ManifestEntry]) ->
             os.utime(target, (info.mtime, info.mtime))
     if missing:
         raise PeerError(f"peer did not send {len(missing)} files, such as {next(iter(missing))}")
+
+
+def repair_files(
+    store: Store, *, cut: str, peer: str, token: str, entries: list[ManifestEntry]
+) -> int:
+    """Replace files of versions/<cut> with verified copies from a peer; returns how many.
+
+    Each copy is hashed against the manifest as it arrives, then renamed over the damaged file
+    (readers see the old file or the new, never half of one). Other versions that hard-link the
+    damaged inode keep it: only the served version is repaired here, the others when served.
+    """
+    if not entries:
+        return 0
+    work = store.versions / f".{cut}.repair{WORK_SUFFIX}"
+    remove(work)
+    needed = {entry.path: entry for entry in entries}
+    for path in needed:
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        body = json.dumps({"paths": sorted(needed)}).encode()
+        with _Request(peer, token).open("POST", f"/v1/versions/{cut}/bundle", body) as resp:
+            _receive(resp, work, needed)
+        for path in needed:
+            os.replace(work / path, store.versions / cut / path)
+        syncfs(store.versions)
+    finally:
+        remove(work)
+    return len(needed)
