@@ -162,11 +162,17 @@ class OperatorProcess:
     """`difusor operator` running as a real process against the test cluster."""
 
     def __init__(
-        self, kubeconfig: str, log_path: Path, *, namespaces: tuple[str, ...] = ()
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        *,
+        namespaces: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = namespaces
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -180,7 +186,7 @@ class OperatorProcess:
         watch = [arg for ns in self.namespaces for arg in ("-n", ns)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "difusor", "operator", "--liveness", "", *watch],
+                [sys.executable, "-m", "difusor", "operator", "--liveness", "", *watch, *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

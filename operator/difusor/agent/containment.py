@@ -49,14 +49,18 @@ class DenyList:
         """Write the entries when they changed and reload nginx when allowed; True on a reload."""
         wanted = tuple(sorted(cidrs))
         if wanted != self.applied:
-            text = render_deny(wanted)
+            # No entries is no file: nginx's include then matches nothing.
+            text = render_deny(wanted) if wanted else None
             path = self.directory / DENY_FILE
             current = path.read_text() if path.exists() else None
             if current != text:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_suffix(".tmp")
-                temporary.write_text(text)
-                os.replace(temporary, path)
+                if text is None:
+                    path.unlink()
+                else:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    temporary = path.with_suffix(".tmp")
+                    temporary.write_text(text)
+                    os.replace(temporary, path)
                 self.pending = True
             self.applied = wanted
         if not self.pending or time.monotonic() - self.last_reload < RELOAD_EVERY:

@@ -383,6 +383,7 @@ class Monitor:
             max_entries=auto.max_entries,
             protected=spec.rate_limit.trusted_proxies,
             spec_deny=spec.rate_limit.deny_list,
+            renew_after=timedelta(seconds=min(30.0, auto.ttl_seconds / 2)),
         )
         self.metrics.denied_ranges.labels(namespace, name, "spec").set(
             len(spec.rate_limit.deny_list)
