@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from datetime import UTC, datetime
@@ -149,9 +150,16 @@ def cut_changed(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: An
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
-def prober(name: str, namespace: str | None, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
+async def prober(
+    name: str, namespace: str | None, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     """The availability prober of one publication (see controller/monitor.py)."""
     if not namespace:
         return
     monitor: Monitor = memo.monitor
-    monitor.run(namespace, name, stopped)
+    watch = await asyncio.to_thread(monitor.watch, namespace, name)
+    while not stopped:
+        interval = await asyncio.to_thread(monitor.step, watch)
+        if interval is None:
+            return
+        await stopped.wait(interval)

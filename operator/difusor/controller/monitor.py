@@ -1,6 +1,7 @@
 """The availability prober of one publication: probes, the month's tally, incidents and gauges.
 
-One loop per publication (a kopf daemon). Every `monitoring.probe.intervalSeconds` it probes the
+One loop per publication (an async kopf daemon whose passes run in a thread: a pass blocks on
+the API and on probes, the wait between passes holds no thread). Every `monitoring.probe.intervalSeconds` it probes the
 public path it is told to (the Service, the host, a URL, or every Ready pod directly where
 Services have no endpoints), counts the result into status.availability, opens an incident after
 `failuresToOpen` failures in a row and resolves it after `successesToClose` successes. The tally
@@ -16,9 +17,9 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes import client as k8s
 from pydantic import ValidationError
@@ -33,18 +34,25 @@ from difusor.render.labels import ACTIVE_ANNOTATION, ATTACK_ANNOTATION, Names, s
 log = logging.getLogger(__name__)
 
 
-class Stopped(Protocol):
-    """What the loop needs of kopf's DaemonStopped (or a threading.Event, in tests)."""
+@dataclass
+class Watch:
+    """What one publication's loop remembers between passes."""
 
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> Any: ...
+    namespace: str
+    name: str
+    streak: Streak = field(default_factory=Streak)
+    last_write: float = 0.0
+    """time.monotonic() of the last write of status.availability."""
+    attack: str | None = None
+    """The open attack incident."""
 
 
 Obj = dict[str, Any]
 PLURAL = "preppublications"
 #: Seconds between two writes of status.availability while nothing opens or closes.
 STATUS_EVERY = 30.0
+#: Seconds between passes while the publication cannot be read or is invalid.
+DEFAULT_INTERVAL = 5.0
 #: Port of nginx in a web pod and of the readers' Service.
 POD_HTTP_PORT = 8080
 SERVICE_PORT = 80
@@ -103,54 +111,47 @@ class Monitor:
         self.incidents = Incidents(api, metrics)
         self.fetch = fetcher
 
-    def run(self, namespace: str, name: str, stopped: Stopped) -> None:
-        """Probe until the publication is deleted or the operator stops."""
-        streak = Streak()
-        last_write = 0.0
-        attack = next(
-            (
-                i["metadata"]["name"]
-                for i in self.incidents.open_ones(namespace, name, detected_by=ATTACK_DETECTOR)
-            ),
-            None,
-        )
+    def watch(self, namespace: str, name: str) -> Watch:
+        """The state of a new loop, resumed from the incidents still open."""
+        watch = Watch(namespace, name)
         for found in self.incidents.open_ones(namespace, name, detected_by=PROBER)[-1:]:
-            streak = Streak(incident=found["metadata"]["name"])
-        while not stopped.is_set():
-            interval = 5.0
-            try:
-                publication = self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name
+            watch.streak = Streak(incident=found["metadata"]["name"])
+        for found in self.incidents.open_ones(namespace, name, detected_by=ATTACK_DETECTOR)[-1:]:
+            watch.attack = found["metadata"]["name"]
+        return watch
+
+    def step(self, watch: Watch) -> float | None:
+        """One pass: gauges, healing checks, containment and a probe; returns the seconds to
+        the next pass, or None when the publication is gone."""
+        namespace, name = watch.namespace, watch.name
+        try:
+            publication = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                self.metrics.forget(namespace, name)
+                return None
+            log.warning("Prober of %s/%s could not read it: %s", namespace, name, exc.reason)
+            return DEFAULT_INTERVAL
+        try:
+            spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
+        except ValidationError:
+            return DEFAULT_INTERVAL
+        probe = spec.monitoring.probe
+        now = datetime.now(UTC)
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector_string(name))
+            self._gauges(publication, pods.items, now)
+            self._heal_check(publication, pods.items, now)
+            watch.attack = self._contain(publication, spec, pods.items, now, watch.attack)
+            if probe.enabled and _active(publication):
+                watch.streak, watch.last_write = self._probe_once(
+                    publication, spec, pods.items, watch.streak, now, watch.last_write
                 )
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    self.metrics.forget(namespace, name)
-                    return
-                log.warning("Prober of %s/%s could not read it: %s", namespace, name, exc.reason)
-                stopped.wait(interval)
-                continue
-            try:
-                spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
-            except ValidationError:
-                stopped.wait(interval)
-                continue
-            probe = spec.monitoring.probe
-            interval = float(probe.interval_seconds)
-            now = datetime.now(UTC)
-            try:
-                pods = self.core.list_namespaced_pod(
-                    namespace, label_selector=selector_string(name)
-                ).items
-                self._gauges(publication, pods, now)
-                self._heal_check(publication, pods, now)
-                attack = self._contain(publication, spec, pods, now, attack)
-                if probe.enabled and _active(publication):
-                    streak, last_write = self._probe_once(
-                        publication, spec, pods, streak, now, last_write
-                    )
-            except (k8s.ApiException, OSError) as exc:
-                log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
-            stopped.wait(interval)
+        except (k8s.ApiException, OSError) as exc:
+            log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
+        return float(probe.interval_seconds)
 
     # --- one probe -------------------------------------------------------------------------
 
