@@ -45,6 +45,8 @@ class Watch:
     """time.monotonic() of the last write of status.availability."""
     attack: str | None = None
     """The open attack incident."""
+    availability: Obj | None = None
+    """The month's tally, ahead of status.availability between writes."""
 
 
 Obj = dict[str, Any]
@@ -146,9 +148,7 @@ class Monitor:
             self._heal_check(publication, pods.items, now)
             watch.attack = self._contain(publication, spec, pods.items, now, watch.attack)
             if probe.enabled and _active(publication):
-                watch.streak, watch.last_write = self._probe_once(
-                    publication, spec, pods.items, watch.streak, now, watch.last_write
-                )
+                self._probe_once(publication, spec, pods.items, watch, now)
         except (k8s.ApiException, OSError) as exc:
             log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
         return float(probe.interval_seconds)
@@ -203,10 +203,9 @@ class Monitor:
         publication: Obj,
         spec: PrepPublicationSpec,
         pods: list[k8s.V1Pod],
-        streak: Streak,
+        watch: Watch,
         now: datetime,
-        last_write: float,
-    ) -> tuple[Streak, float]:
+    ) -> None:
         meta = publication["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         probe = spec.monitoring.probe
@@ -214,10 +213,15 @@ class Monitor:
         self.metrics.probes.labels(namespace, name, "ok" if result.ok else "failed").inc()
         self.metrics.probe_seconds.labels(namespace, name).observe(result.seconds)
         status = publication.get("status") or {}
-        availability = tally(status.get("availability"), ok=result.ok, now=now, error=result.error)
+        # The tally lives here between writes; status holds it as of the last write (and after
+        # a restart of the operator the count goes on from there).
+        if watch.availability is None:
+            watch.availability = dict(status.get("availability") or {})
+        availability = tally(watch.availability, ok=result.ok, now=now, error=result.error)
+        watch.availability = availability
         self.metrics.availability.labels(namespace, name).set(availability["ratio"])
         streak, action = advance(
-            streak,
+            watch.streak,
             ok=result.ok,
             now=now,
             failures_to_open=probe.failures_to_open,
@@ -257,20 +261,16 @@ class Monitor:
             streak = Streak()
         elif streak.incident and not result.ok:
             self.incidents.update(namespace, streak.incident, impact=impact)
-        elif streak.incident is None and result.ok and streak.failures == 0:
-            streak = replace(streak, first_failure=None)
-        open_names = self.incidents.count_open(namespace, name) if changed else None
-        if open_names is not None:
-            availability["openIncidents"] = open_names
-            self.metrics.incidents_open.labels(namespace, name).set(len(open_names))
-        else:
-            availability["openIncidents"] = (status.get("availability") or {}).get(
-                "openIncidents"
-            ) or []
-        if changed or time.monotonic() - last_write >= STATUS_EVERY or not result.ok:
+        watch.streak = streak
+        due = time.monotonic() - watch.last_write >= STATUS_EVERY
+        if changed or due or "openIncidents" not in availability:
+            # Every detector's incidents: the promotion and the containment open theirs too.
+            names = self.incidents.count_open(namespace, name)
+            availability["openIncidents"] = names
+            self.metrics.incidents_open.labels(namespace, name).set(len(names))
+        if changed or due or not result.ok:
             self._write(namespace, name, {"availability": availability})
-            last_write = time.monotonic()
-        return streak, last_write
+            watch.last_write = time.monotonic()
 
     def _evidence(
         self,
