@@ -714,7 +714,7 @@ class AutoDenySpec(Model):
     """Apply the detector's deny list automatically (the spec's own denyList always applies)."""
     ttl_seconds: int = Field(default=900, ge=10, le=86400)
     """How long an automatic entry stays (renewed while the range keeps attacking)."""
-    max_entries: int = Field(default=256, ge=1, le=4096)
+    max_entries: int = Field(default=256, ge=1, le=1024)
     """Most automatic entries at once (the oldest go first)."""
     prefix_length_v4: int = Field(default=24, ge=8, le=32)
     """IPv4 ranges are judged and denied by this prefix (24: a /24)."""
@@ -841,7 +841,11 @@ class Availability(Model):
 class DenyEntry(Model):
     """A range denied on every pod by the operator, until it expires."""
 
-    cidr: CIDR
+    # The operator writes it from ranges it parsed: no CEL rule (a rule per item of a long status
+    # list is over the API server's cost budget).
+    cidr: Annotated[
+        str, StringConstraints(min_length=2, max_length=43), AfterValidator(_check_cidr)
+    ]
     """The range."""
     since: str
     """When it was first denied."""
@@ -854,7 +858,7 @@ class DenyEntry(Model):
 class Containment(Model):
     """Automatic containment in force."""
 
-    denied: list[DenyEntry] = Field(default_factory=list)
+    denied: list[DenyEntry] = Field(default_factory=list, max_length=1024)
     """Automatic deny-list entries (spec.rateLimit.denyList is applied besides these)."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 
-from difusor.controller.monitor import Monitor
+from difusor.controller.monitor import Monitor, Watch
 from difusor.controller.promotion import Promoter
 from difusor.controller.reconcile import Reconciler, Settings
 from difusor.kube import Cluster, api_client
@@ -151,15 +151,27 @@ def cut_changed(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: An
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
 async def prober(
-    name: str, namespace: str | None, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
     """The availability prober of one publication (see controller/monitor.py)."""
     if not namespace:
         return
     monitor: Monitor = memo.monitor
-    watch = await asyncio.to_thread(monitor.watch, namespace, name)
-    while not stopped:
-        interval = await asyncio.to_thread(monitor.step, watch)
-        if interval is None:
-            return
-        await stopped.wait(interval)
+    watch = Watch(namespace, name)
+    try:
+        while not stopped:
+            # kopf keeps `body` current with every event of the publication: no read per pass.
+            seen = {
+                "metadata": dict(body.metadata),
+                "spec": dict(body.spec),
+                "status": dict(body.status),
+            }
+            interval = await asyncio.to_thread(monitor.step, watch, seen)
+            await stopped.wait(interval)
+    finally:
+        memo.metrics.forget(namespace, name)

@@ -47,6 +47,8 @@ class Watch:
     """The open attack incident."""
     availability: Obj | None = None
     """The month's tally, ahead of status.availability between writes."""
+    resumed: bool = False
+    """The incidents left open by a previous run were picked up."""
 
 
 Obj = dict[str, Any]
@@ -113,41 +115,39 @@ class Monitor:
         self.incidents = Incidents(api, metrics)
         self.fetch = fetcher
 
-    def watch(self, namespace: str, name: str) -> Watch:
-        """The state of a new loop, resumed from the incidents still open."""
-        watch = Watch(namespace, name)
+    def resume(self, watch: Watch) -> None:
+        """Pick up the incidents a previous run of the operator left open."""
+        namespace, name = watch.namespace, watch.name
         for found in self.incidents.open_ones(namespace, name, detected_by=PROBER)[-1:]:
             watch.streak = Streak(incident=found["metadata"]["name"])
         for found in self.incidents.open_ones(namespace, name, detected_by=ATTACK_DETECTOR)[-1:]:
             watch.attack = found["metadata"]["name"]
-        return watch
+        watch.resumed = True
 
-    def step(self, watch: Watch) -> float | None:
-        """One pass: gauges, healing checks, containment and a probe; returns the seconds to
-        the next pass, or None when the publication is gone."""
+    def step(self, watch: Watch, publication: Obj) -> float:
+        """One pass over the publication as kopf last saw it: gauges, healing checks,
+        containment and a probe; returns the seconds to the next pass.
+
+        A publication that serves nothing yet (no active cut) costs nothing: no probe is due and
+        no reader can attack it.
+        """
         namespace, name = watch.namespace, watch.name
-        try:
-            publication = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                self.metrics.forget(namespace, name)
-                return None
-            log.warning("Prober of %s/%s could not read it: %s", namespace, name, exc.reason)
-            return DEFAULT_INTERVAL
         try:
             spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
         except ValidationError:
             return DEFAULT_INTERVAL
         probe = spec.monitoring.probe
+        if not _active(publication):
+            return float(probe.interval_seconds)
         now = datetime.now(UTC)
         try:
+            if not watch.resumed:
+                self.resume(watch)
             pods = self.core.list_namespaced_pod(namespace, label_selector=selector_string(name))
             self._gauges(publication, pods.items, now)
             self._heal_check(publication, pods.items, now)
             watch.attack = self._contain(publication, spec, pods.items, now, watch.attack)
-            if probe.enabled and _active(publication):
+            if probe.enabled:
                 self._probe_once(publication, spec, pods.items, watch, now)
         except (k8s.ApiException, OSError) as exc:
             log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
