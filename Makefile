@@ -3,11 +3,13 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-UV_VERSION ?= 0.13.9
-VENV := .venv
+include hack/versions.env
+# uv sync honours UV_PROJECT_ENVIRONMENT; so does everything here that runs from the venv.
+VENV := $(or $(UV_PROJECT_ENVIRONMENT),$(CURDIR)/.venv)
 PY := $(VENV)/bin/python
 export DIFUSOR_CACHE ?= $(HOME)/.cache/difusor
-export PATH := $(CURDIR)/$(VENV)/bin:$(DIFUSOR_CACHE)/bin:$(PATH)
+GIVEN_PATH := $(PATH)
+export PATH := $(VENV)/bin:$(DIFUSOR_CACHE)/bin:$(PATH)
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -15,16 +17,16 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: venv
-venv: ## create .venv from uv.lock (reproducible)
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen --quiet
+venv: ## create .venv from uv.lock (reproducible), with the pinned uv in $(DIFUSOR_CACHE)/bin
+	@PATH="$(GIVEN_PATH)" bash hack/bootstrap-uv.sh >/dev/null
+	$(DIFUSOR_CACHE)/bin/uv sync --frozen --quiet
 
 .PHONY: deps
 deps: ## install nginx, OpenSSH, Varnish, openssl, wrk from Debian when missing
 	bash hack/install-deps.sh
 
 .PHONY: k8s-bins
-k8s-bins: ## build (or reuse) the pinned control-plane binaries in $(DIFUSOR_CACHE)/bin
+k8s-bins: venv ## build (or reuse) the pinned control-plane binaries in $(DIFUSOR_CACHE)/bin
 	bash hack/build-k8s.sh >/dev/null
 
 .PHONY: setup

