@@ -151,7 +151,10 @@ def up() -> int:
         f"SFTP (the institute's endpoint, same host key on every pod): {user}@{pods[0]['ip']} port 2222"
     )
     print(f"  sftp -P 2222 -i {key} -o UserKnownHostsFile={known_hosts} {user}@{pods[0]['ip']}")
-    print(f"  export KUBECONFIG={kubeconfig}; kubectl -n {NAMESPACE} get prep,cuts,pods")
+    # The pinned kubectl lives in the cache, which is not on a user's PATH outside `make`.
+    print(
+        f"  export KUBECONFIG={kubeconfig} PATH={CACHE / 'bin'}:$PATH; kubectl -n {NAMESPACE} get prep,cuts,pods"
+    )
     print(
         f"Logs: {STATE}/operator.log, {PODS}/pods/*/{{nginx,agent,sftp}}.log.  Stop: make demo-down"
     )
