@@ -17,7 +17,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: venv
-venv: ## create .venv from uv.lock (reproducible), with the pinned uv in $(DIFUSOR_CACHE)/bin
+venv: ## create .venv from uv.lock (reproducible), with the pinned uv in the cache
 	@PATH="$(GIVEN_PATH)" bash hack/bootstrap-uv.sh >/dev/null
 	$(DIFUSOR_CACHE)/bin/uv sync --frozen --quiet
 
