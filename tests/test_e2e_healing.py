@@ -30,7 +30,7 @@ from .conftest import OperatorProcess, kubectl, require_binary, wait_for
 from .hostpods import _NET, Harness, HostPod, dump_logs, host_public_key, sftp_put
 from .nginxproc import free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 PUB = "prep-heal"
 FIRST = "20240602_2020"

@@ -165,6 +165,8 @@ class Agent:
         self.metrics.serving_active.set(
             int(active is not None and self.store.active_cut() == active)
         )
+        self._watch_traffic(spec, status, now)
+        self._check_content(publication, spec)
 
     def _ingest(
         self, publication: dict[str, Any], spec: PrepPublicationSpec, now: datetime
