@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs from Debian the real programs the tests drive (nginx, sshd/sftp, Varnish, openssl, wrk,
-# Prometheus and promtool),
+# Prometheus and promtool) and what builds the images and runs the real node (mmdebstrap,
+# buildah, runc, nftables, socat),
 # only those that are missing, without starting any of them as a system service.
 set -euo pipefail
 
@@ -14,13 +15,18 @@ declare -A want=(
   [unzip]=unzip
   [prometheus]=prometheus
   [promtool]=prometheus
+  [mmdebstrap]=mmdebstrap
+  [buildah]=buildah
+  [runc]=runc
+  [nft]=nftables
+  [socat]=socat
 )
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${want[$cmd]}")
 done
 if ((${#missing[@]} == 0)); then
-  echo "install-deps: nginx, sshd, sftp, varnishd, openssl, wrk, prometheus already installed" >&2
+  echo "install-deps: ${!want[*]} already installed" >&2
   exit 0
 fi
 if [[ $EUID -ne 0 ]]; then
