@@ -26,9 +26,14 @@ RUN --mount=type=secret,id=ca-certificates \
       export PIP_CERT=/run/secrets/ca-certificates SSL_CERT_FILE=/run/secrets/ca-certificates; fi \
  && python3 -m venv /opt/uv && /opt/uv/bin/pip install "uv==${UV_VERSION}"
 WORKDIR /src
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock ./
 COPY operator ./operator
-# uv.lock becomes a venv of wheels only (hashes checked) plus difusor's own wheel.
+# The wheel's long description is not needed in the image: an empty README keeps documentation
+# edits from rebuilding it.
+RUN touch README.md
+# uv.lock becomes a venv of wheels only (hashes checked) plus difusor's own wheel, compiled: the
+# root file system is read-only, so without its .pyc files every start of a container would
+# compile the kubernetes client again (minutes on a busy node, past the liveness probe's patience).
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then \
       export PIP_CERT=/run/secrets/ca-certificates SSL_CERT_FILE=/run/secrets/ca-certificates; fi \
@@ -38,7 +43,7 @@ RUN --mount=type=secret,id=ca-certificates \
  && /opt/difusor/bin/pip install --require-hashes --only-binary=:all: --no-deps -r /tmp/requirements.txt \
  && /opt/difusor/bin/pip install --no-deps /tmp/dist/difusor-*.whl \
  && /opt/difusor/bin/pip uninstall --yes pip \
- && find /opt/difusor -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/difusor/bin/python -m compileall -q /opt/difusor \
  && /opt/difusor/bin/difusor --help >/dev/null
 
 # The runtime root file systems: Debian packages, the user of the pods, then the package manager

@@ -22,7 +22,7 @@ venv: ## create .venv from uv.lock (reproducible), with the pinned uv in the cac
 	$(DIFUSOR_CACHE)/bin/uv sync --frozen --quiet
 
 .PHONY: deps
-deps: ## install nginx, OpenSSH, Varnish, openssl, wrk from Debian when missing
+deps: ## install nginx, OpenSSH, Varnish, openssl, wrk, mmdebstrap, buildah, runc, nftables, socat from Debian when missing
 	bash hack/install-deps.sh
 
 .PHONY: k8s-bins
@@ -77,13 +77,15 @@ manifests: ## copy crds/ into the chart and render manifests/install.yaml from i
 	bash hack/render-manifests.sh
 
 IMAGE ?= ghcr.io/difusor/difusor:dev
+NGINX_IMAGE ?= ghcr.io/difusor/difusor-nginx:dev
+export IMAGE NGINX_IMAGE
 .PHONY: image
-image: ## build the container image (operator, agent, sshd); needs Docker
-	docker build -t $(IMAGE) .
+image: ## build the images (difusor, nginx): buildah on a Debian base from mmdebstrap, or Docker
+	bash hack/image.sh
 
 .PHONY: kind-up
-kind-up: ## kind cluster with Traefik, the image, the chart and a sample publication; needs Docker
-	IMAGE=$(IMAGE) bash hack/kind.sh up
+kind-up: ## kind cluster with Traefik, the images, the chart and a sample publication; needs Docker
+	bash hack/kind.sh up
 
 .PHONY: kind-down
 kind-down: ## delete the kind cluster

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # difusor on a kind cluster, for machines with Docker (real pods, real images):
 #
-#   hack/kind.sh up     kind cluster + Traefik (Ingress, IngressClass default) + the image built and
-#                       loaded + the chart installed + a sample SFTP key Secret + minimal.yaml
+#   hack/kind.sh up     kind cluster + Traefik (Ingress, IngressClass default) + the images built
+#                       by hack/image.sh (docker build) and loaded + the chart installed + a
+#                       sample SFTP key Secret + minimal.yaml
 #   hack/kind.sh down   delete the cluster
-#   hack/kind.sh test   the test suite against it (DIFUSOR_TEST_KUBECONFIG)
+#   hack/kind.sh test   the test suite against it (DIFUSOR_TEST_KUBECONFIG); the node tier's
+#                       clients enter the kind node's network namespace (nsenter: Linux, root)
 #
 # Needs docker, kind, helm and kubectl on PATH. Web on http://localhost:8080 (Host: prep.example.mx).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NAME="${KIND_CLUSTER:-difusor}"
-IMAGE="${IMAGE:-ghcr.io/difusor/difusor:dev}"
+export IMAGE="${IMAGE:-ghcr.io/difusor/difusor:dev}"
+export NGINX_IMAGE="${NGINX_IMAGE:-ghcr.io/difusor/difusor-nginx:dev}"
 TRAEFIK_CHART_VERSION="${TRAEFIK_CHART_VERSION:-34.4.1}"
 OUT="$ROOT/_out/kind"
 KUBECONFIG_PATH="$OUT/kubeconfig"
@@ -43,14 +46,15 @@ YAML
     --set ingressClass.isDefaultClass=true \
     --set providers.kubernetesGateway.enabled=true
 
-  log "building and loading $IMAGE"
-  docker build -t "$IMAGE" "$ROOT"
-  kind load docker-image "$IMAGE" --name "$NAME"
+  log "building and loading $IMAGE and $NGINX_IMAGE"
+  bash "$ROOT/hack/image.sh" >/dev/null
+  kind load docker-image "$IMAGE" "$NGINX_IMAGE" --name "$NAME"
 
   log "installing the difusor chart"
   helm upgrade --install difusor "$ROOT/charts/difusor" --namespace difusor-system \
     --create-namespace --wait --timeout 5m \
-    --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}"
+    --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+    --set nginxImage="$NGINX_IMAGE"
 
   log "creating namespace difusor, the sample SFTP key and the minimal publication"
   kubectl create namespace difusor --dry-run=client -o yaml | kubectl apply -f -
@@ -77,7 +81,10 @@ run_tests() {
   cd "$ROOT"
   local args=()
   read -ra args <<<"${PYTEST_ARGS:-}"
-  DIFUSOR_TEST_KUBECONFIG="$KUBECONFIG_PATH" .venv/bin/python -m pytest "${args[@]}"
+  DIFUSOR_TEST_KUBECONFIG="$KUBECONFIG_PATH" \
+    DIFUSOR_NODE_NAME="$NAME-control-plane" \
+    DIFUSOR_NODE_PID="$(docker inspect -f '{{.State.Pid}}' "$NAME-control-plane")" \
+    .venv/bin/python -m pytest "${args[@]}"
 }
 
 case "${1:-}" in
