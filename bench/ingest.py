@@ -1,9 +1,15 @@
 """Ingest throughput: sftp put to stored cut, against a raw sftp upload to a plain sshd.
 
 Prints one JSON object. For each archive size: MB/s of a raw `sftp put` to an sshd with its
-defaults, MB/s from the start of the put (temporary name, then rename, as the institute's client
-does) through the hardened sshd until the cut is validated and stored, and their ratio. The
-institute asks for >= 40 MB/s; the goal is >= 0.8 of raw sftp. Loopback only.
+defaults (the baseline), then two uploads through the hardened sshd (temporary name, then
+rename, as the institute's client does):
+- `at_rename`: nothing runs during the upload; one intake pass after it validates and stores
+  the cut (the ordinary path, which a prefetch falls back to);
+- `while_arriving`: an intake loop runs during the upload as the agent's does (prefetch on,
+  woken by the rename); `rename_to_stored_s` runs from the moment its follower saw the rename.
+MB/s count from the start of the put to the stored cut; ratio_to_raw = that / raw MB/s. The
+institute asks for >= 40 MB/s; the goals: >= 0.8 of raw sftp, and rename -> stored under 0.3 s
+for 50 MB and 1.5 s for 500 MB. Loopback only; the client's ssh shares the CPUs.
 """
 
 from __future__ import annotations
@@ -11,13 +17,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -26,7 +35,7 @@ from tests.archives import HEADER  # noqa: E402
 from tests.sshdproc import running_sshd, sftp_batch  # noqa: E402
 
 from difusor.ingest.scan import Intake  # noqa: E402
-from difusor.ingest.store import Store, Stored  # noqa: E402
+from difusor.ingest.store import Quarantined, Store, Stored  # noqa: E402
 from difusor.models import IngestSpec  # noqa: E402
 
 MB = 1_000_000
@@ -64,8 +73,79 @@ def make_package(path: Path, target_bytes: int, *, seed: int) -> tuple[int, int]
     return files + 1, total
 
 
-def measure(archive: Path, files: int, uncompressed: int) -> dict[str, float | int]:
-    """Raw sftp MB/s to a plain sshd, and put-to-stored MB/s through difusor's sshd and store."""
+class _Renamed(threading.Event):
+    """The intake's wake event, remembering when a follower first saw the rename."""
+
+    at: float | None = None
+
+    def set(self) -> None:
+        if self.at is None:
+            self.at = time.perf_counter()
+        super().set()
+
+
+def _upload(sshd: Any, archive: Path) -> float:
+    """Puts the archive under a temporary name and renames it; returns when sftp exited."""
+    name = archive.name
+    result = sftp_batch(sshd, [f"put {archive} .{name}.part", f"rename .{name}.part {name}"])
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return time.perf_counter()
+
+
+def at_rename(archive: Path) -> dict[str, float]:
+    """Upload, then one intake pass: the ordinary path, all the work after the rename."""
+    with running_sshd() as sshd:
+        store = Store(sshd.upload_dir.parent)
+        store.recover()
+        intake = Intake(store)
+        started = time.perf_counter()
+        uploaded = _upload(sshd, archive)
+        [outcome] = intake.run(ingest=IngestSpec(), pinned=None, now=datetime.now(UTC))
+        stored = time.perf_counter()
+        if not isinstance(outcome, Stored):
+            raise RuntimeError(f"the package was not stored: {outcome}")
+    return {"started": started, "uploaded": uploaded, "stored": stored, "renamed": uploaded}
+
+
+def while_arriving(archive: Path) -> dict[str, float]:
+    """An intake loop beside the upload, as the agent runs it: prefetch, woken by the rename."""
+    with running_sshd() as sshd:
+        store = Store(sshd.upload_dir.parent)
+        store.recover()
+        wake = _Renamed()
+        intake = Intake(store, prefetch=True, wake=wake)
+        stop = threading.Event()
+        outcomes: list[Stored | Quarantined] = []
+        stored_at: list[float] = []
+
+        def loop() -> None:
+            while not stop.is_set() and not outcomes:
+                wake.clear()
+                outcomes.extend(intake.run(ingest=IngestSpec(), pinned=None, now=datetime.now(UTC)))
+                if outcomes:
+                    stored_at.append(time.perf_counter())
+                    return
+                wake.wait(0.5)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        started = time.perf_counter()
+        try:
+            uploaded = _upload(sshd, archive)
+            thread.join(600)
+        finally:
+            stop.set()
+            thread.join(60)
+            intake.close()
+        if not outcomes or not isinstance(outcomes[0], Stored):
+            raise RuntimeError(f"the package was not stored: {outcomes}")
+        renamed = wake.at if wake.at is not None else uploaded
+    return {"started": started, "uploaded": uploaded, "stored": stored_at[0], "renamed": renamed}
+
+
+def measure(archive: Path, files: int, uncompressed: int) -> dict[str, Any]:
+    """Raw sftp MB/s to a plain sshd, and put-to-stored through difusor's sshd, both ways."""
     size = archive.stat().st_size
     with running_sshd(plain=True) as plain:
         started = time.perf_counter()
@@ -73,34 +153,23 @@ def measure(archive: Path, files: int, uncompressed: int) -> dict[str, float | i
         raw_seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(result.stderr)
-    with running_sshd() as sshd:
-        store = Store(sshd.upload_dir.parent)
-        store.recover()
-        intake = Intake(store)
-        started = time.perf_counter()
-        result = sftp_batch(
-            sshd,
-            [f"put {archive} .{archive.name}.part", f"rename .{archive.name}.part {archive.name}"],
-        )
-        uploaded = time.perf_counter()
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr)
-        [outcome] = intake.run(ingest=IngestSpec(), pinned=None, now=datetime.now(UTC))
-        stored = time.perf_counter()
-        if not isinstance(outcome, Stored):
-            raise RuntimeError(f"the package was not stored: {outcome}")
     raw = size / MB / raw_seconds
-    ingest = size / MB / (stored - started)
-    return {
+    case: dict[str, Any] = {
         "archive_mb": round(size / MB, 1),
         "uncompressed_mb": round(uncompressed / MB, 1),
         "files": files,
         "raw_sftp_mbps": round(raw, 1),
-        "upload_mbps": round(size / MB / (uploaded - started), 1),
-        "ingest_mbps": round(ingest, 1),
-        "validate_and_store_seconds": round(stored - uploaded, 2),
-        "ratio_to_raw": round(ingest / raw, 2),
     }
+    for name, run in (("at_rename", at_rename), ("while_arriving", while_arriving)):
+        t = run(archive)
+        ingest = size / MB / (t["stored"] - t["started"])
+        case[name] = {
+            "upload_mbps": round(size / MB / (t["uploaded"] - t["started"]), 1),
+            "ingest_mbps": round(ingest, 1),
+            "rename_to_stored_s": round(max(0.0, t["stored"] - t["renamed"]), 3),
+            "ratio_to_raw": round(ingest / raw, 2),
+        }
+    return case
 
 
 def main() -> int:
@@ -110,6 +179,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     sizes = (20, 100) if args.quick else (50, 500)
+    load = os.getloadavg()[0]
     cases = []
     with tempfile.TemporaryDirectory(prefix="difusor-bench-") as tmp:
         for seed, mb in enumerate(sizes):
@@ -117,16 +187,27 @@ def main() -> int:
             files, uncompressed = make_package(archive, mb * MB, seed=seed)
             cases.append(measure(archive, files, uncompressed))
             archive.unlink()
+    best = [c["while_arriving"] for c in cases]
+    goals = {50: 0.3, 500: 1.5}
     print(
         json.dumps(
             {
                 "benchmark": "ingest",
                 "quick": args.quick,
+                "cpus": os.cpu_count(),
+                "load_average_at_start": round(load, 2),
                 "institute_min_mbps": 40,
                 "goal_ratio_to_raw": 0.8,
+                "goal_rename_to_stored_s": goals,
                 "cases": cases,
-                "meets_institute_min": all(c["ingest_mbps"] >= 40 for c in cases),
-                "meets_goal_ratio": all(c["ratio_to_raw"] >= 0.8 for c in cases),
+                "meets_institute_min": all(c["ingest_mbps"] >= 40 for c in best),
+                "meets_goal_ratio": all(c["ratio_to_raw"] >= 0.8 for c in best),
+                "meets_goal_rename_to_stored": None
+                if args.quick
+                else all(
+                    c["while_arriving"]["rename_to_stored_s"] < goals[mb]
+                    for c, mb in zip(cases, sizes, strict=True)
+                ),
             }
         )
     )

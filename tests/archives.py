@@ -10,6 +10,10 @@ import tarfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from difusor.ingest.store import Quarantined, Store, Stored
+from difusor.models import IngestSpec
 
 HEADER = (
     "CLAVE_CASILLA,CLAVE_ACTA,ID_ESTADO,ESTADO,ID_DISTRITO_LOCAL,DISTRITO_LOCAL,SECCION,"
@@ -77,3 +81,32 @@ def add_tar_entry(path: Path, info: tarfile.TarInfo, data: bytes = b"", *, gz: b
         archive.addfile(good, io.BytesIO(b"hello"))
         archive.addfile(info, io.BytesIO(data) if data else None)
     return path
+
+
+class StreamedStore(Store):
+    """A store that extracts every archive as if it were still arriving (ingest/stream.py).
+
+    `process` follows the file with a Prefetch first and hands what it prepared to the store,
+    so the same assertions hold for both paths. `used` counts the cuts stored from the files
+    the prefetch wrote (its new files' inodes are the version's), not extracted again.
+    """
+
+    used = 0
+
+    def process(self, archive: Path, *, ingest: IngestSpec, **kwargs: Any) -> Stored | Quarantined:
+        prefetch = self.prefetch(archive, ingest=ingest)
+        prepared = prefetch.finish(archive) if prefetch is not None else None
+        written = (
+            {
+                p.stat().st_ino
+                for p in prepared.tree.rglob("*")
+                if p.is_file() and p.stat().st_nlink == 1
+            }
+            if prepared is not None
+            else set()
+        )
+        outcome = super().process(archive, ingest=ingest, prepared=prepared, **kwargs)
+        if isinstance(outcome, Stored) and written and not outcome.duplicate:
+            version = self.versions / outcome.cut
+            self.used += written <= {p.stat().st_ino for p in version.rglob("*") if p.is_file()}
+        return outcome

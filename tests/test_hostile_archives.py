@@ -17,7 +17,7 @@ from difusor.ingest.store import Quarantined, Store, Stored
 from difusor.logic.archive import Reason
 from difusor.models import IngestSpec
 
-from .archives import add_tar_entry, make_tar, make_zip, site_files
+from .archives import StreamedStore, add_tar_entry, make_tar, make_zip, site_files
 
 pytestmark = pytest.mark.unit
 
@@ -26,10 +26,10 @@ ACTIVE = "20240602_2040"
 NEXT = "20240602_2100"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """A store serving cut 20240602_2040."""
-    store = Store(tmp_path / "prep")
+@pytest.fixture(params=["at the rename", "while arriving"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """A store serving cut 20240602_2040; archives extracted at the rename or as they arrive."""
+    store = (StreamedStore if request.param == "while arriving" else Store)(tmp_path / "prep")
     store.recover()
     first = make_zip(store.incoming / f"{ACTIVE}_PREP.zip", site_files(cut=ACTIVE))
     assert isinstance(store.process(first, ingest=IngestSpec(), now=NOW), Stored)

@@ -19,7 +19,7 @@ from difusor.ingest.store import Quarantined, Store, Stored
 from difusor.logic.archive import META_DIR, Reason, manifest_digest
 from difusor.models import IngestMode, IngestSpec
 
-from .archives import make_tar, make_zip, site_files
+from .archives import StreamedStore, make_tar, make_zip, site_files
 from .conftest import REPO, require_binary
 
 NOW = datetime(2024, 6, 3, 2, 0, tzinfo=UTC)
@@ -58,11 +58,15 @@ def stored(store: Store, archive: Path, **ingest: object) -> Stored:
     return outcome
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "prep")
+@pytest.fixture(params=["at the rename", "while arriving"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """An empty store; archives extracted at the rename or as they arrive (StreamedStore)."""
+    store = (StreamedStore if request.param == "while arriving" else Store)(tmp_path / "prep")
     store.recover()
-    return store
+    yield store
+    if isinstance(store, StreamedStore) and "killed" not in request.node.name:
+        # Every archive these tests store is a good one: each was extracted while it arrived.
+        assert store.used > 0
 
 
 @pytest.mark.unit

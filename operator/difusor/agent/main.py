@@ -98,7 +98,9 @@ class Agent:
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self.store = Store(config.content_dir)
-        self.intake = Intake(self.store)
+        # Set by the publication's watch and by a prefetch that sees its upload renamed.
+        self.wake = threading.Event()
+        self.intake = Intake(self.store, prefetch=True, wake=self.wake)
         self.records = Records(api, namespace=config.namespace, pod=config.pod)
         self.token = config.token_file.read_text().strip()
         self.lock = threading.Lock()
@@ -459,7 +461,7 @@ def run(config: AgentConfig) -> int:
         "Agent of %s/%s on pod %s serving on %s:%d",
         config.namespace, config.publication, config.pod, config.address, config.port,
     )  # fmt: skip
-    wake = threading.Event()
+    wake = agent.wake
     threading.Thread(
         target=watch_publication, args=(agent, wake, stopping), name="agent-watch", daemon=True
     ).start()
@@ -472,8 +474,10 @@ def run(config: AgentConfig) -> int:
             agent.last_error = str(exc)
             log.warning("Agent step failed: %s", exc)
         # A change of the publication (a new target, a commit) wakes every agent at once, which
-        # keeps the pods' swaps close together; the interval is the fallback for new uploads.
+        # keeps the pods' swaps close together; an upload followed while it arrives wakes it at
+        # its rename; the interval is the fallback (and starts following new uploads).
         wake.wait(config.interval)
+    agent.intake.close()
     server.shutdown()
     return 0
 

@@ -1,35 +1,68 @@
-"""The intake loop's one step: list incoming/, store each complete upload, drop stale partials."""
+"""The intake loop's one step: list incoming/, store each complete upload, drop stale partials.
+
+With `prefetch`, every upload still arriving is followed and extracted as it grows
+(ingest/stream.py), and the step that finds it complete finishes that work instead of starting.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import threading
 from datetime import datetime
 from pathlib import Path
 
 from difusor.ingest.store import Hook, Quarantined, Store, Stored
+from difusor.ingest.stream import Prefetch
 from difusor.logic.archive import Reason, Rejected, parse_checksum
 from difusor.logic.completion import Listed, decide
 from difusor.models import IngestSpec
 
+log = logging.getLogger(__name__)
+
+#: Uploads followed at once; more arriving together wait for their rename.
+MAX_PREFETCHES = 4
+
+FileKey = tuple[int, int]
+
 
 def listing(incoming: Path) -> list[Listed]:
     """The regular files in incoming/ (anything else is left for the TTL rule to ignore)."""
-    found = []
+    return list(_scan(incoming).values())
+
+
+def _scan(incoming: Path) -> dict[FileKey, Listed]:
+    found = {}
     with os.scandir(incoming) as entries:
         for entry in entries:
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(info.st_mode):
-                found.append(Listed(entry.name, info.st_size, info.st_mtime))
+                found[(info.st_dev, info.st_ino)] = Listed(entry.name, info.st_size, info.st_mtime)
     return found
 
 
 class Intake:
-    """Scans incoming/ on each call; remembers the last listing for the quiet rule."""
+    """Scans incoming/ on each call; remembers the last listing for the quiet rule.
 
-    def __init__(self, store: Store) -> None:
+    `prefetch` follows uploads while they arrive; `wake` is set when one of them is renamed,
+    so that the loop calling `run` can take it at once.
+    """
+
+    def __init__(
+        self, store: Store, *, prefetch: bool = False, wake: threading.Event | None = None
+    ) -> None:
         self.store = store
         self.previous: dict[str, Listed] | None = None
+        self.prefetch = prefetch
+        self.wake = wake
+        self.following: dict[FileKey, Prefetch] = {}
+
+    def close(self) -> None:
+        """Stops following uploads (their work directories are removed)."""
+        for prefetch in self.following.values():
+            prefetch.cancel()
+        self.following.clear()
 
     def run(
         self,
@@ -40,14 +73,20 @@ class Intake:
         hook: Hook | None = None,
     ) -> list[Stored | Quarantined]:
         """Stores or quarantines every upload that is complete now; removes expired partials."""
-        current = listing(self.store.incoming)
+        keyed = _scan(self.store.incoming)
+        current = list(keyed.values())
         decision = decide(current, ingest=ingest, now=now.timestamp(), previous=self.previous)
         self.previous = {entry.name: entry for entry in current}
         for name in decision.expired:
             (self.store.incoming / name).unlink(missing_ok=True)
+        key_of = {entry.name: key for key, entry in keyed.items()}
+        if self.prefetch:
+            self._follow(keyed, ingest=ingest, ready={u.archive for u in decision.ready},
+                         expired=set(decision.expired))  # fmt: skip
         outcomes: list[Stored | Quarantined] = []
         for upload in decision.ready:
             archive = self.store.incoming / upload.archive
+            following = self.following.pop(key_of[upload.archive], None)
             checksum_file = (
                 self.store.incoming / upload.checksum_file if upload.checksum_file else None
             )
@@ -56,9 +95,13 @@ class Intake:
                 text = checksum_file.read_text(encoding="utf-8", errors="replace")
                 if not text:
                     # Created but not yet written: the next scan sees it whole.
+                    if following is not None:
+                        self.following[key_of[upload.archive]] = following
                     continue
                 checksum = parse_checksum(text, upload.archive)
                 if checksum is None:
+                    if following is not None:
+                        following.cancel()
                     rejected = Rejected(
                         Reason.CHECKSUM_MISMATCH,
                         f"{checksum_file.name} has no SHA-256 line for {upload.archive}",
@@ -69,6 +112,7 @@ class Intake:
                         )
                     )
                     continue
+            prepared = following.finish(archive) if following is not None else None
             outcomes.append(
                 self.store.process(
                     archive,
@@ -78,6 +122,37 @@ class Intake:
                     pinned=pinned,
                     now=now,
                     hook=hook,
+                    prepared=prepared,
                 )
             )
         return outcomes
+
+    def _follow(
+        self,
+        keyed: dict[FileKey, Listed],
+        *,
+        ingest: IngestSpec,
+        ready: set[str],
+        expired: set[str],
+    ) -> None:
+        """Starts following the uploads still arriving; stops following those that went away."""
+        for key in [k for k in self.following if k not in keyed or keyed[k].name in expired]:
+            self.following.pop(key).cancel()
+        for key, entry in keyed.items():
+            if entry.name in ready or entry.name in expired:
+                continue
+            if key in self.following or len(self.following) >= MAX_PREFETCHES:
+                continue
+            try:
+                prefetch = self.store.prefetch(
+                    self.store.incoming / entry.name,
+                    ingest=ingest,
+                    on_rename=self.wake.set if self.wake is not None else None,
+                )
+            except OSError as exc:
+                log.debug("Did not follow %s: %s", entry.name, exc)
+                continue
+            if prefetch is not None and prefetch.key == key:
+                self.following[key] = prefetch
+            elif prefetch is not None:
+                prefetch.cancel()

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from difusor.ingest.stream import Prefetch, Prepared, confirmed
 from difusor.ingest.validate import (
     CHUNK,
     Member,
@@ -48,6 +49,7 @@ from difusor.logic.archive import (
     ManifestEntry,
     Reason,
     Rejected,
+    archive_format,
     breaches_reserve,
     manifest_document,
     manifest_entries,
@@ -56,6 +58,7 @@ from difusor.logic.archive import (
     strip,
     strip_prefix,
 )
+from difusor.logic.completion import final_name
 from difusor.logic.cuts import WORK_SUFFIX, versions_to_prune
 from difusor.models import IngestMode, IngestSpec
 
@@ -161,12 +164,23 @@ class Store:
         pinned: str | None = None,
         now: datetime,
         hook: Hook | None = None,
+        prepared: Prepared | None = None,
     ) -> Stored | Quarantined:
-        """Validates and stores one complete upload, or quarantines it with the reason."""
+        """Validates and stores one complete upload, or quarantines it with the reason.
+
+        `prepared` is what a `Prefetch` extracted while the upload arrived: used when every
+        check agrees that it is what the archive holds, else removed.
+        """
         companions = [checksum_file] if checksum_file is not None else []
         try:
             stored = self.ingest(
-                archive, ingest=ingest, checksum=checksum, pinned=pinned, now=now, hook=hook
+                archive,
+                ingest=ingest,
+                checksum=checksum,
+                pinned=pinned,
+                now=now,
+                hook=hook,
+                prepared=prepared,
             )
         except Rejected as rejected:
             return self.quarantine(archive, rejected, now=now, companions=companions)
@@ -185,20 +199,92 @@ class Store:
         pinned: str | None,
         now: datetime,
         hook: Hook | None = None,
+        prepared: Prepared | None = None,
     ) -> Stored:
         """Validates an archive and stores it as versions/<cut>/; Rejected leaves no trace."""
+        try:
+            return self._ingest(
+                archive,
+                ingest=ingest,
+                checksum=checksum,
+                pinned=pinned,
+                now=now,
+                hook=hook,
+                prepared=prepared,
+            )
+        finally:
+            if prepared is not None:
+                remove(prepared.work)
+
+    def prefetch(
+        self, path: Path, *, ingest: IngestSpec, on_rename: Callable[[], None] | None = None
+    ) -> Prefetch | None:
+        """Starts extracting an upload still arriving in incoming/ (None: not an archive name)."""
+        fmt = archive_format(final_name(path.name))
+        if fmt is None:
+            return None
+        active = self.active_cut()
+        base = self._manifest_or_none(active) if active else None
+        writer = _Writer(
+            active_root=self.versions / active if active else None,
+            by_content={(e.sha256, e.size): e.path for e in base or []},
+            reserve=_Reserve(self.root, ingest.disk_reserve_percent),
+        )
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        work = self.versions / f".prefetch-{info.st_ino}{WORK_SUFFIX}"
+        remove(work)
+        return Prefetch(
+            path,
+            format=fmt,
+            limits=limits_of(ingest),
+            work=work,
+            write=writer.write,
+            on_rename=on_rename,
+        )
+
+    def _ingest(
+        self,
+        archive: Path,
+        *,
+        ingest: IngestSpec,
+        checksum: str | None,
+        pinned: str | None,
+        now: datetime,
+        hook: Hook | None,
+        prepared: Prepared | None,
+    ) -> Stored:
         active = self.active_cut()
         upload = check_upload(
-            archive, ingest=ingest, checksum=checksum, active=active, pinned=pinned
+            archive,
+            ingest=ingest,
+            checksum=checksum,
+            active=active,
+            pinned=pinned,
+            sha256=prepared.sha256 if prepared is not None else None,
         )
         final = self.versions / upload.cut.id
         if final.exists():
             return self._already_stored(upload)
         work = self.versions / f"{upload.cut.id}{WORK_SUFFIX}"
         remove(work)
+        if prepared is not None and not (
+            prepared.limits == limits_of(ingest) and confirmed(prepared, upload)
+        ):
+            remove(prepared.work)
+            prepared = None
         try:
             stored = self._build(
-                upload, work=work, final=final, ingest=ingest, active=active, now=now, hook=hook
+                upload,
+                work=work,
+                final=final,
+                ingest=ingest,
+                active=active,
+                now=now,
+                hook=hook,
+                prepared=prepared,
             )
         except OSError as exc:
             remove(work)
@@ -301,27 +387,37 @@ class Store:
         active: str | None,
         now: datetime,
         hook: Hook | None,
+        prepared: Prepared | None,
     ) -> Stored:
         limits = limits_of(ingest)
         base = self._manifest_or_none(active) if active else None
-        base_by_path = {e.path: e for e in base or []}
-        declared = declared_files(upload, limits=limits)
         reserve = _Reserve(self.root, ingest.disk_reserve_percent)
-        if declared is not None:
-            reserve.check(new_bytes_estimate(declared, base_by_path))
         tree = work / "tree"
-        tree.mkdir(parents=True)
-        writer = _Writer(
-            active_root=self.versions / active if active else None,
-            by_content={(e.sha256, e.size): e.path for e in base or []},
-            reserve=reserve,
-        )
         extracted: dict[str, ManifestEntry] = {}
-        with corrupt_as_rejected(upload.path):
-            for member in iter_members(upload, limits=limits):
-                extracted[member.path] = writer.write(member, tree / member.path)
-                if hook and len(extracted) == 1:
-                    hook("extracting")
+        if prepared is not None:
+            # Written while the upload arrived, each file against the reserve: the volume must
+            # still hold it now that the whole cut is there.
+            reserve.check(0)
+            work.mkdir(parents=True)
+            os.rename(prepared.tree, tree)
+            extracted = prepared.extracted
+            if hook:
+                hook("extracting")
+        else:
+            declared = declared_files(upload, limits=limits)
+            if declared is not None:
+                reserve.check(new_bytes_estimate(declared, {e.path: e for e in base or []}))
+            tree.mkdir(parents=True)
+            writer = _Writer(
+                active_root=self.versions / active if active else None,
+                by_content={(e.sha256, e.size): e.path for e in base or []},
+                reserve=reserve,
+            )
+            with corrupt_as_rejected(upload.path):
+                for member in iter_members(upload, limits=limits):
+                    extracted[member.path] = writer.write(member, tree / member.path)
+                    if hook and len(extracted) == 1:
+                        hook("extracting")
         if hook:
             hook("extracted")
         prefix = strip_prefix(extracted)

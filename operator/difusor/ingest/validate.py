@@ -9,7 +9,7 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,13 +111,18 @@ def check_upload(
     checksum: str | None,
     active: str | None,
     pinned: str | None,
+    sha256: str | None = None,
 ) -> Upload:
-    """The checks that need no entry: cut id, format, checksum, and not older than the active cut."""
+    """The checks that need no entry: cut id, format, checksum, and not older than the active cut.
+
+    `sha256` is the archive's digest when it is known already (taken while it arrived).
+    """
     cut = parse_cut(archive.name, pattern=ingest.cut_id_pattern, timezone=ingest.timezone)
     fmt = archive_format(archive.name)
     if fmt is None:
         raise Rejected(Reason.UNSUPPORTED_FORMAT, f"{archive.name} is not .zip, .tar or .tar.gz")
-    sha256 = sha256_file(archive)
+    if sha256 is None:
+        sha256 = sha256_file(archive)
     if checksum is not None and checksum.lower() != sha256:
         raise Rejected(
             Reason.CHECKSUM_MISMATCH, f"{archive.name} has SHA-256 {sha256}, expected {checksum}"
@@ -204,30 +209,44 @@ def _zip_members(path: Path, tracker: EntryTracker) -> Iterator[Member]:
 
 def _tar_members(path: Path, tracker: EntryTracker, *, gzipped: bool) -> Iterator[Member]:
     with path.open("rb") as raw:
-        source = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw)
-        with tarfile.open(fileobj=source, mode="r|") as archive:
-            for info in archive:
-                _check_tar_type(info)
-                name = member_path(info.name)
-                if info.isdir():
-                    tracker.add_dir(name)
-                    continue
-                tracker.add_file(name, info.size)
-                stream = archive.extractfile(info)
-                if stream is None:
-                    raise Rejected(Reason.SPECIAL_FILE, f"entry {info.name!r} has no content")
-                yield Member(name, info.size, float(info.mtime), stream)
-            end = archive.offset
-        if gzipped:
-            # The gzip trailer (CRC and length) is what tells a truncated tar.gz apart.
-            while source.read(CHUNK):
-                pass
-        else:
-            raw.seek(end)
-            if raw.read(_TAR_END) != bytes(_TAR_END):
-                raise Rejected(
-                    Reason.CORRUPT_ARCHIVE, f"{path.name} lacks the end-of-archive blocks"
-                )
+        end = yield from tar_stream_members(raw, tracker, gzipped=gzipped)
+        if not gzipped:
+            check_tar_end(raw, end, name=path.name)
+
+
+def tar_stream_members(
+    raw: IO[bytes], tracker: EntryTracker, *, gzipped: bool
+) -> Generator[Member, None, int]:
+    """The members of a tar (gzipped or not) read front to back; returns where the tar ends.
+
+    A tar.gz is read to its end, as the gzip trailer (CRC and length) is what tells a truncated
+    one apart; a plain tar's end-of-archive blocks are checked by `check_tar_end`.
+    """
+    source = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw)
+    with tarfile.open(fileobj=source, mode="r|") as archive:
+        for info in archive:
+            _check_tar_type(info)
+            name = member_path(info.name)
+            if info.isdir():
+                tracker.add_dir(name)
+                continue
+            tracker.add_file(name, info.size)
+            stream = archive.extractfile(info)
+            if stream is None:
+                raise Rejected(Reason.SPECIAL_FILE, f"entry {info.name!r} has no content")
+            yield Member(name, info.size, float(info.mtime), stream)
+        end = archive.offset
+    if gzipped:
+        while source.read(CHUNK):
+            pass
+    return end
+
+
+def check_tar_end(raw: IO[bytes], end: int, *, name: str) -> None:
+    """A plain tar must close with its two zero blocks after the last member."""
+    raw.seek(end)
+    if raw.read(_TAR_END) != bytes(_TAR_END):
+        raise Rejected(Reason.CORRUPT_ARCHIVE, f"{name} lacks the end-of-archive blocks")
 
 
 def _check_tar_type(info: tarfile.TarInfo) -> None:

@@ -44,6 +44,16 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(TEMPORARY_SUFFIXES)
 
 
+def final_name(name: str) -> str:
+    """The name an upload will have once complete: without the client's temporary marks."""
+    stem = name.lstrip(".")
+    lower = stem.lower()
+    for suffix in TEMPORARY_SUFFIXES:
+        if lower.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def decide(
     listing: Sequence[Listed],
     *,
