@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
+from difusor.agent import main
 from difusor.agent.main import Agent, AgentConfig, serve
 from difusor.agent.peers import PeerError, fetch_version
 from difusor.ingest.store import Store
@@ -39,24 +43,32 @@ def _ingest(store: Store, tmp: Path, cut: str, *, seed: int) -> str:
     return stored.manifest_digest
 
 
-@pytest.fixture
-def peer(tmp_path: Path) -> Iterator[tuple[Store, str]]:
-    """A pod's store with an agent serving it on 127.0.0.1."""
-    store = _store(tmp_path / "a")
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
+@contextmanager
+def serving_agent(root: Path, token_file: Path) -> Iterator[tuple[Store, str]]:
+    """A pod's store at root with an agent serving it on 127.0.0.1."""
+    store = _store(root)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = AgentConfig(
-        publication="p", namespace="ns", pod="p-web-0", pod_ip="127.0.0.1", content_dir=store.root,
-        address="127.0.0.1", port=port, token_file=token_file, kubeconfig=None, interval=1.0,
+        publication="p", namespace="ns", pod=f"p-web-{root.name}", pod_ip="127.0.0.1",
+        content_dir=store.root, address="127.0.0.1", port=port, token_file=token_file,
+        kubeconfig=None, interval=1.0,
     )  # fmt: skip
     server = serve(Agent(config, k8s.ApiClient()))
     try:
         yield store, f"http://127.0.0.1:{port}"
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[tuple[Store, str]]:
+    """A pod's store with an agent serving it on 127.0.0.1."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with serving_agent(tmp_path / "a", token_file) as served:
+        yield served
 
 
 def _get(url: str, path: str, token: str | None) -> int:
@@ -156,3 +168,46 @@ def test_the_background_check_finds_a_damaged_file_and_a_peer_repairs_it(
     assert path.read_bytes() == original
     assert file_matches(local, "20240602_2040", victim)
     assert not [p for p in local.versions.iterdir() if "repair" in p.name]
+
+
+def test_a_large_fetch_is_split_between_the_peers_that_have_the_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    files = site_files(cut="20240602_2040", actas=50)
+    for n in range(4):
+        files[f"datos/parte{n}.csv"] = bytes(random.Random(n).randbytes(2 << 20))
+    archive = make_zip(tmp_path / "20240602_2040_PREP.zip", files)
+    asked: list[tuple[Path, int]] = []
+    real_write_bundle = main.write_bundle
+
+    def recording(store: Store, cut: str, paths: list[str], *args: Any, **kwargs: Any) -> int:
+        asked.append((store.root, len(paths)))
+        return real_write_bundle(store, cut, paths, *args, **kwargs)
+
+    monkeypatch.setattr(main, "write_bundle", recording)
+    with (
+        serving_agent(tmp_path / "a", token_file) as (first, first_url),
+        serving_agent(tmp_path / "b", token_file) as (second, second_url),
+    ):
+        digest = ""
+        for store in (first, second):
+            copy = tmp_path / store.root.name / archive.name
+            copy.write_bytes(archive.read_bytes())
+            digest = store.ingest(
+                copy, ingest=IngestSpec(), checksum=None, pinned=None, now=NOW
+            ).manifest_digest
+        local = _store(tmp_path / "c")
+        counts = fetch_version(
+            local, cut="20240602_2040", peer=first_url, token=TOKEN, expected_digest=digest,
+            helpers=[second_url],
+        )  # fmt: skip
+    assert counts["fetched"] == len(files)
+    assert counts["bytes"] == sum(len(data) for data in files.values())
+    # Both peers sent a part, and every file once.
+    assert sorted(root for root, _ in asked) == [first.root, second.root]
+    assert sum(n for _, n in asked) == len(files)
+    assert local.manifest("20240602_2040") == first.manifest("20240602_2040")
+    for path, data in files.items():
+        assert (local.versions / "20240602_2040" / path).read_bytes() == data

@@ -6,6 +6,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -253,26 +254,37 @@ class Agent:
             # Without the digest recorded at verification a copy could not be checked.
             log.warning("Not fetching cut %s: its PrepCut has no manifest digest", cut)
             return False
-        for peer in self._peers_with(cut, prefer=received_by):
+        peers = self._peers_with(cut, prefer=received_by)
+        for n, peer in enumerate(peers):
             try:
                 counts = fetch_version(
-                    self.store, cut=cut, peer=peer, token=self.token, expected_digest=digest
+                    self.store,
+                    cut=cut,
+                    peer=peer,
+                    token=self.token,
+                    expected_digest=digest,
+                    helpers=peers[n + 1 :],
                 )
             except (PeerError, OSError) as exc:
                 log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
                 continue
             log.info(
-                "Fetched cut %s from %s (%d files linked, %d fetched)",
-                cut, peer, counts["linked"], counts["fetched"],
+                "Fetched cut %s from %s (%d files linked, %d fetched, %d bytes)",
+                cut, peer, counts["linked"], counts["fetched"], counts["bytes"],
             )  # fmt: skip
             return True
         return False
 
     def _peers_with(self, cut: str, *, prefer: str | None) -> list[str]:
+        """Peers that hold the cut, in random order so that fetches spread over all of them.
+
+        The pod that received the upload comes last unless it is the only one: every other pod
+        starts out fetching from it, and those that have staged since take part of its load.
+        """
         pods = self.core.list_namespaced_pod(
             self.config.namespace, label_selector=selector_string(self.config.publication)
         ).items
-        found: list[tuple[int, str]] = []
+        found: list[tuple[bool, float, str]] = []
         for pod in pods:
             if pod.metadata.name == self.config.pod or not pod.status.pod_ip:
                 continue
@@ -282,9 +294,9 @@ class Agent:
                 or notes.get(ACTIVE_ANNOTATION) == cut
             )
             if pod.metadata.name == prefer or has:
-                rank = 0 if pod.metadata.name == prefer else 1
-                found.append((rank, f"http://{pod.status.pod_ip}:{self.config.port}"))
-        return [url for _, url in sorted(found)]
+                url = f"http://{pod.status.pod_ip}:{self.config.port}"
+                found.append((pod.metadata.name == prefer, random.random(), url))
+        return [url for _, _, url in sorted(found)]
 
     def _watch_traffic(
         self, spec: PrepPublicationSpec, status: dict[str, Any], now: datetime
@@ -436,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        write_bundle(self.agent.store, cut, paths, self.wfile)
+        write_bundle(self.agent.store, cut, paths, self.wfile, sock=self.connection)
 
 
 def serve(agent: Agent) -> ThreadingHTTPServer:

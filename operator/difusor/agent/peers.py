@@ -1,10 +1,12 @@
 """Copying a version between pods: a peer serves its manifest and a tar of the files asked for.
 
 A pod that lacks a cut asks a peer that has it for the manifest, hard-links every file it already
-holds with the same content (from any local version), and fetches only the rest as one tar
-stream. Every fetched file is hashed while it is written and must match the manifest, and the
-manifest's digest must match the one recorded on the PrepCut when the cut was verified: a peer
-can make a pod fetch again, never serve something else.
+holds with the same content (from any local version), and fetches only the rest as tar streams,
+split between the peers that have the cut so that several send at once; a peer sends file data
+with sendfile(2), without copying it through Python. Every fetched file is hashed while it is
+written and must match the manifest, and the manifest's digest must match the one recorded on
+the PrepCut when the cut was verified: a peer can make a pod fetch again, never serve something
+else.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import http.client
 import io
 import json
 import os
+import socket
+import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -26,6 +31,10 @@ from difusor.logic.cuts import WORK_SUFFIX
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0
+#: At most this many peers send parts of one version at once.
+MAX_SENDERS = 3
+#: Below this many bytes to fetch, one peer sends everything (a split would cost more than it saves).
+SPLIT_ABOVE = 4 << 20
 
 
 class PeerError(Exception):
@@ -41,24 +50,60 @@ def manifest_payload(store: Store, cut: str) -> bytes:
 
 
 def write_bundle(
-    store: Store, cut: str, paths: Iterable[str], out: IO[bytes] | io.BufferedIOBase
+    store: Store,
+    cut: str,
+    paths: Iterable[str],
+    out: IO[bytes] | io.BufferedIOBase,
+    *,
+    sock: socket.socket | None = None,
 ) -> int:
-    """A tar stream of the named files of a version onto `out`; returns the number of files."""
+    """A tar stream of the named files of a version onto `out`; returns the number of files.
+
+    With `sock` (the socket under `out`), file data goes from the page cache to the socket by
+    sendfile(2); headers and padding are written through `out`.
+    """
     root = store.versions / cut
     count = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path in paths:
-            clean = member_path(path)
-            source = root / clean
-            if source.is_symlink() or not source.is_file():
+    for path in paths:
+        clean = member_path(path)
+        source = root / clean
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise FileNotFoundError(f"{clean} is not a file of version {cut}")
-            info = tar.gettarinfo(str(source), arcname=clean)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with source.open("rb") as stream:
-                tar.addfile(info, stream)
-            count += 1
+            header = tarfile.TarInfo(clean)
+            header.size = info.st_size
+            header.mtime = int(info.st_mtime)
+            header.mode = 0o644
+            out.write(header.tobuf(format=tarfile.PAX_FORMAT))
+            _send_file(fd, info.st_size, out, sock)
+            out.write(bytes(-info.st_size % tarfile.BLOCKSIZE))
+        finally:
+            os.close(fd)
+        count += 1
+    out.write(bytes(2 * tarfile.BLOCKSIZE))
+    out.flush()
     return count
+
+
+def _send_file(
+    fd: int, size: int, out: IO[bytes] | io.BufferedIOBase, sock: socket.socket | None
+) -> None:
+    if sock is None:
+        offset = 0
+        while offset < size:
+            data = os.pread(fd, min(CHUNK, size - offset), offset)
+            if not data:
+                raise FileNotFoundError("a file of the version shrank while it was sent")
+            out.write(data)
+            offset += len(data)
+        return
+    out.flush()
+    # socket.sendfile loops over os.sendfile (and waits on a socket with a timeout).
+    with os.fdopen(os.dup(fd), "rb") as stream:
+        if sock.sendfile(stream, offset=0, count=size) != size:
+            raise FileNotFoundError("a file of the version shrank while it was sent")
 
 
 class _Request:
@@ -100,12 +145,22 @@ def _local_index(store: Store) -> dict[tuple[str, int], Path]:
 
 
 def fetch_version(
-    store: Store, *, cut: str, peer: str, token: str, expected_digest: str | None
+    store: Store,
+    *,
+    cut: str,
+    peer: str,
+    token: str,
+    expected_digest: str | None,
+    helpers: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Install versions/<cut>/ from a peer; returns how many files were linked and fetched."""
+    """Install versions/<cut>/ from a peer; returns the files linked and fetched, bytes fetched.
+
+    The manifest comes from `peer`; the files to fetch are split by size between `peer` and up
+    to MAX_SENDERS - 1 `helpers` (other peers that have the cut), which send at once.
+    """
     final = store.versions / cut
     if final.exists():
-        return {"linked": 0, "fetched": 0}
+        return {"linked": 0, "fetched": 0, "bytes": 0}
     request = _Request(peer, token)
     with request.open("GET", f"/v1/versions/{cut}/manifest") as resp:
         payload: dict[str, Any] = json.loads(resp.read())
@@ -123,10 +178,17 @@ def fetch_version(
     work.mkdir(parents=True)
     try:
         linked, needed = _link_known(entries, work, _local_index(store))
-        if needed:
-            body = json.dumps({"paths": sorted(needed)}).encode()
-            with request.open("POST", f"/v1/versions/{cut}/bundle", body) as resp:
-                _receive(resp, work, needed)
+        senders = [request, *(_Request(h, token) for h in helpers[: MAX_SENDERS - 1])]
+        total = sum(e.size for e in needed.values())
+        if total <= SPLIT_ABOVE:
+            senders = senders[:1]
+        parts = [p for p in _split(needed, len(senders)) if p]
+        if parts:
+            with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+                for done in pool.map(
+                    _fetch_part, senders, [cut] * len(parts), parts, [work] * len(parts)
+                ):
+                    del done
         meta = work / META_DIR
         meta.mkdir(exist_ok=True)
         write_json(meta / "manifest.json", document)
@@ -137,7 +199,24 @@ def fetch_version(
     except BaseException:
         remove(work)
         raise
-    return {"linked": linked, "fetched": len(entries) - linked}
+    return {"linked": linked, "fetched": len(entries) - linked, "bytes": total}
+
+
+def _split(needed: dict[str, ManifestEntry], ways: int) -> list[dict[str, ManifestEntry]]:
+    """The files to fetch in `ways` parts of about the same size (largest first, to the lightest)."""
+    parts: list[dict[str, ManifestEntry]] = [{} for _ in range(ways)]
+    loads = [0] * ways
+    for entry in sorted(needed.values(), key=lambda e: e.size, reverse=True):
+        lightest = loads.index(min(loads))
+        parts[lightest][entry.path] = entry
+        loads[lightest] += entry.size
+    return parts
+
+
+def _fetch_part(request: _Request, cut: str, part: dict[str, ManifestEntry], work: Path) -> None:
+    body = json.dumps({"paths": sorted(part)}).encode()
+    with request.open("POST", f"/v1/versions/{cut}/bundle", body) as resp:
+        _receive(resp, work, part)
 
 
 def _link_known(
