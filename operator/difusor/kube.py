@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +21,19 @@ from difusor.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABE
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+ObjectKey = tuple[str, str, str | None, str]
+#: How long the list of served API groups is reused: an API installed later (Gateway, Traefik,
+#: cert-manager) is seen within this time.
+CAPABILITIES_TTL = 60.0
+
+
+def _key(obj: Obj) -> ObjectKey:
+    meta = obj["metadata"]
+    return (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+
+
+def _digest(obj: Obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
@@ -32,12 +48,20 @@ def api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
 
 
 class Cluster:
-    """Server-side apply and discovery over one API client, safe to share between threads."""
+    """Server-side apply and discovery over one API client, safe to share between threads.
+
+    It remembers what it applied (the object's digest, and the uid and resourceVersion of the
+    API server's answer), so that an apply needs no read before it and an object applied before
+    exactly as wanted now can be left alone.
+    """
 
     def __init__(self, api: k8s.ApiClient) -> None:
         self.api = api
         self._lock = threading.Lock()
         self._dynamic: DynamicClient | None = None
+        self._capabilities: tuple[float, frozenset[str]] | None = None
+        self._applied: dict[ObjectKey, tuple[str, str, str]] = {}
+        self._present: set[ObjectKey] = set()
 
     @property
     def dynamic(self) -> DynamicClient:
@@ -60,26 +84,43 @@ class Cluster:
 
     def capabilities(self) -> frozenset[str]:
         """Group versions the cluster serves (optional APIs: Gateway, Traefik, cert-manager)."""
+        cached = self._capabilities
+        if cached is not None and time.monotonic() - cached[0] < CAPABILITIES_TTL:
+            return cached[1]
         groups = k8s.ApisApi(self.api).get_api_versions().groups or []
         found = {"v1"}
         for group in groups:
             for version in group.versions or []:
                 found.add(version.group_version)
-        return frozenset(found)
+        self._capabilities = (time.monotonic(), frozenset(found))
+        return self._capabilities[1]
 
-    def apply(self, obj: Obj) -> tuple[str, Obj]:
-        """Server-side apply one object; returns created, updated or unchanged, and the object."""
+    def apply(self, obj: Obj, *, if_changed: bool = False) -> str:
+        """Server-side apply one object; returns created, updated or unchanged.
+
+        The object is read before the apply only the first time this process applies it. After
+        that, what changed is told from the answer: the uid (recreated), the digest of what is
+        sent (the operator wants something else) and the time of the operator's managedFields
+        entry, which moves only when the apply changed a field (a hand edit undone), not when
+        a controller writes the status. With `if_changed`, an object applied before exactly as
+        it is wanted now is not sent (a hand edit stays until an apply without it).
+        """
+        key = _key(obj)
+        digest = _digest(obj)
+        known = self._applied.get(key)
+        if if_changed and known is not None and known[0] == digest:
+            return "unchanged"
         res = self.resource(obj["apiVersion"], obj["kind"])
         if res is None:
             raise LookupError(f"{obj['kind']} ({obj['apiVersion']}) is not served by this cluster")
         meta = obj["metadata"]
-        before: str | None
-        try:
-            before = self.dynamic.get(res, name=meta["name"], namespace=meta.get("namespace"))[
-                "metadata"
-            ]["resourceVersion"]
-        except NotFoundError:
-            before = None
+        before: str | None = None
+        if known is None:
+            try:
+                found = self.dynamic.get(res, name=meta["name"], namespace=meta.get("namespace"))
+                before = found.metadata.resourceVersion
+            except NotFoundError:
+                before = None
         after = self.dynamic.server_side_apply(
             res,
             body=obj,
@@ -87,12 +128,25 @@ class Cluster:
             namespace=meta.get("namespace"),
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
-        ).to_dict()
-        if before is None:
-            return "created", after
-        if after["metadata"]["resourceVersion"] != before:
-            return "updated", after
-        return "unchanged", after
+        ).metadata
+        applied_at = next(
+            (
+                str(entry.time)
+                for entry in after.managedFields or []
+                if entry.manager == FIELD_MANAGER
+            ),
+            "",
+        )
+        self._applied[key] = (digest, after.uid, applied_at)
+        if known is None:
+            if before is None:
+                return "created"
+            return "updated" if after.resourceVersion != before else "unchanged"
+        if known[1] != after.uid:
+            return "created"
+        if known[0] != digest or known[2] != applied_at:
+            return "updated"
+        return "unchanged"
 
     def owned(self, api_version: str, kind: str, *, namespace: str, publication: str) -> list[Obj]:
         """Objects of a kind that the operator made for a publication."""
@@ -108,6 +162,7 @@ class Cluster:
         res = self.resource(api_version, kind)
         if res is None:
             return False
+        self._applied.pop((api_version, kind, namespace, name), None)
         try:
             self.dynamic.delete(res, name=name, namespace=namespace)
         except NotFoundError:
@@ -125,8 +180,14 @@ class Cluster:
         result: Obj = self.api.sanitize_for_serialization(secret)
         return result
 
-    def create_if_absent(self, obj: Obj) -> bool:
-        """Create an object unless one with its name exists (generated Secrets are kept)."""
+    def create_if_absent(self, obj: Obj, *, if_unknown: bool = False) -> bool:
+        """Create an object unless one with its name exists (generated Secrets are kept).
+
+        With `if_unknown`, an object this process created or found before is not asked for.
+        """
+        key = _key(obj)
+        if if_unknown and key in self._present:
+            return False
         res = self.resource(obj["apiVersion"], obj["kind"])
         if res is None:
             raise LookupError(f"{obj['kind']} is not served by this cluster")
@@ -134,8 +195,10 @@ class Cluster:
             self.dynamic.create(res, body=obj, namespace=obj["metadata"].get("namespace"))
         except k8s.ApiException as exc:
             if exc.status == 409:
+                self._present.add(key)
                 return False
             raise
+        self._present.add(key)
         return True
 
 

@@ -53,10 +53,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
 
 
-def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool) -> None:
+def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool, repair: bool = False) -> None:
     reconciler: Reconciler = memo.reconciler
     outcome = reconciler.reconcile(
-        {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+        {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)},
+        repair=repair,
     )
     if outcome.status_patch:
         _patch_status(
@@ -97,7 +98,7 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL, initial_delay=INTERVAL)
 def repair(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Undo hand edits and deletions of children, and refresh the status."""
-    _run(body, memo, permanent=False)
+    _run(body, memo, permanent=False, repair=True)
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels={MANAGED_BY_LABEL: "difusor"})

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client as k8s
@@ -82,7 +81,12 @@ def _rollout_status(rollout: Rollout) -> Obj:
 
 
 class Promoter:
-    """One promotion step per call; serialised per publication across kopf's handler threads."""
+    """One promotion step per call; serialised per publication across kopf's handler threads.
+
+    Calls that arrive while a step of the same publication runs (ten pods reporting at once)
+    do not queue behind it one by one: they ask for one more step, taken right after it with
+    everything they reported.
+    """
 
     def __init__(self, api: k8s.ApiClient, metrics: OperatorMetrics | None = None) -> None:
         self.api = api
@@ -90,7 +94,9 @@ class Promoter:
         self.incidents = Incidents(api, self.metrics)
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
-        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        self._again: set[tuple[str, str]] = set()
         self._said: dict[tuple[str, ...], datetime] = {}
 
     def _fresh(self, key: tuple[str, ...], now: datetime) -> bool:
@@ -103,21 +109,43 @@ class Promoter:
         return True
 
     def step(self, namespace: str, name: str, now: datetime) -> Decision | None:
-        """Gather, decide and act for one publication; None when it is gone or invalid."""
-        with self._locks[(namespace, name)]:
-            try:
-                publication = self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, "preppublications", name
-                )
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            try:
-                spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
-            except ValueError:
+        """Gather, decide and act for one publication; None when it is gone or invalid, or when
+        a step of it was running (it takes one more step after, for this call)."""
+        key = (namespace, name)
+        with self._guard:
+            if key in self._running:
+                self._again.add(key)
                 return None
-            return self._step(publication, spec, now)
+            self._running.add(key)
+        try:
+            while True:
+                decision = self._one_step(namespace, name, now)
+                with self._guard:
+                    if key not in self._again:
+                        self._running.discard(key)
+                        return decision
+                    self._again.discard(key)
+                now = datetime.now(UTC)
+        except BaseException:
+            with self._guard:
+                self._running.discard(key)
+                self._again.discard(key)
+            raise
+
+    def _one_step(self, namespace: str, name: str, now: datetime) -> Decision | None:
+        try:
+            publication = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "preppublications", name
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        try:
+            spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
+        except ValueError:
+            return None
+        return self._step(publication, spec, now)
 
     def _step(self, publication: Obj, spec: PrepPublicationSpec, now: datetime) -> Decision:
         meta = publication["metadata"]

@@ -64,6 +64,8 @@ class Reconciler:
         self.settings = settings
         self.core = k8s.CoreV1Api(cluster.api)
         self.apps = k8s.AppsV1Api(cluster.api)
+        # The children each publication had at its last prune: the same set needs no new one.
+        self._pruned: dict[tuple[str, str], frozenset[tuple[str, str, str]]] = {}
 
     def event(self, body: Obj, *, reason: str, message: str, warning: bool = False) -> None:
         """Record an Event on the publication."""
@@ -76,8 +78,13 @@ class Reconciler:
             component="difusor-operator",
         )
 
-    def reconcile(self, body: Obj) -> Outcome:
-        """Bring the children of one publication to its spec and compute its status."""
+    def reconcile(self, body: Obj, *, repair: bool = False) -> Outcome:
+        """Bring the children of one publication to its spec and compute its status.
+
+        Children applied before exactly as they are wanted now are not sent again, and the
+        owned children are listed for pruning only when the set wanted changed, unless
+        `repair`: then every child is applied (undoing hand edits) and the owned ones listed.
+        """
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         generation = int(meta.get("generation", 1))
@@ -116,14 +123,14 @@ class Reconciler:
         apply_error: str | None = None
         for secret in (secrets.host_keys_secret, secrets.agent_token_secret):
             obj = secret(target)
-            if self.cluster.create_if_absent(obj):
+            if self.cluster.create_if_absent(obj, if_unknown=not repair):
                 changes.append(f"created Secret {obj['metadata']['name']}")
 
         desired = render_all(spec, target)
         for obj in desired:
             kind, child = obj["kind"], obj["metadata"]["name"]
             try:
-                what, _ = self.cluster.apply(obj)
+                what = self.cluster.apply(obj, if_changed=not repair)
             except (k8s.ApiException, LookupError) as exc:
                 reason = getattr(exc, "body", None) or str(exc)
                 apply_error = f"could not apply {kind} {child}: {_short(reason)}"
@@ -131,11 +138,18 @@ class Reconciler:
                 continue
             if what != "unchanged":
                 changes.append(f"{what} {kind} {child}")
-        changes.extend(self._prune(desired, namespace=namespace, publication=name))
+        wanted = frozenset((o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in desired)
+        if repair or apply_error or self._pruned.get((namespace, name)) != wanted:
+            changes.extend(self._prune(desired, namespace=namespace, publication=name))
+            if not apply_error:
+                self._pruned[(namespace, name)] = wanted
 
         for change in changes:
             log.info("Publication %s/%s: %s", namespace, name, change)
-            self.event(body, reason="ChildChanged", message=change[0].upper() + change[1:])
+        if changes:
+            # One Event for the pass: a new publication changes a dozen children at once.
+            message = "; ".join(changes)
+            self.event(body, reason="ChildChanged", message=message[0].upper() + message[1:])
         if apply_error:
             self.event(body, reason="ApplyFailed", message=apply_error, warning=True)
 
