@@ -47,10 +47,15 @@ def site_files(*, cut: str = "20240602_2040", actas: int = 200, seed: int = 0) -
 
 
 def make_zip(path: Path, files: Mapping[str, bytes], *, wrap: str | None = None) -> Path:
-    """A deflated zip of these files, under one folder `wrap` when given."""
+    """A deflated zip of these files, under one folder `wrap` when given.
+
+    Entries carry a fixed time, so the same files make the same bytes whenever they are zipped.
+    """
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in files.items():
-            archive.writestr(f"{wrap}/{name}" if wrap else name, data)
+            info = zipfile.ZipInfo(f"{wrap}/{name}" if wrap else name, (2024, 6, 2, 20, 40, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
     return path
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from difusor.ingest.validate import (
     CHUNK,
     Member,
     Upload,
+    check_name,
     check_upload,
     corrupt_as_rejected,
     declared_files,
@@ -59,7 +61,7 @@ from difusor.logic.archive import (
     strip_prefix,
 )
 from difusor.logic.completion import final_name
-from difusor.logic.cuts import WORK_SUFFIX, versions_to_prune
+from difusor.logic.cuts import WORK_SUFFIX, is_stale, versions_to_prune
 from difusor.models import IngestMode, IngestSpec
 
 #: Files up to this size are read whole, so an unchanged one is linked without being written.
@@ -257,17 +259,56 @@ class Store:
         prepared: Prepared | None,
     ) -> Stored:
         active = self.active_cut()
-        upload = check_upload(
-            archive,
-            ingest=ingest,
-            checksum=checksum,
-            active=active,
-            pinned=pinned,
-            sha256=prepared.sha256 if prepared is not None else None,
-        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashing: Future[str] | None = None
+            if prepared is None:
+                cut, fmt = check_name(archive, ingest=ingest)
+                if not (self.versions / cut.id).exists() and not is_stale(
+                    cut.id, active=active, pinned=pinned
+                ):
+                    # Hashed beside the extraction (hashlib and zlib release the GIL); the
+                    # checksum is judged as soon as the hash is known, before other faults.
+                    hashing = pool.submit(sha256_file, archive)
+
+            def settle() -> Upload:
+                known = prepared.sha256 if prepared is not None else None
+                return check_upload(
+                    archive,
+                    ingest=ingest,
+                    checksum=checksum,
+                    active=active,
+                    pinned=pinned,
+                    sha256=hashing.result() if hashing is not None else known,
+                )
+
+            if hashing is None:
+                upload = settle()
+                if (self.versions / upload.cut.id).exists():
+                    return self._already_stored(upload)
+            else:
+                upload = Upload(archive, cut, fmt, "", archive.stat().st_size)
+            return self._store(
+                upload,
+                ingest=ingest,
+                active=active,
+                now=now,
+                hook=hook,
+                prepared=prepared,
+                settle=settle if hashing is not None else None,
+            )
+
+    def _store(
+        self,
+        upload: Upload,
+        *,
+        ingest: IngestSpec,
+        active: str | None,
+        now: datetime,
+        hook: Hook | None,
+        prepared: Prepared | None,
+        settle: Callable[[], Upload] | None,
+    ) -> Stored:
         final = self.versions / upload.cut.id
-        if final.exists():
-            return self._already_stored(upload)
         work = self.versions / f"{upload.cut.id}{WORK_SUFFIX}"
         remove(work)
         if prepared is not None and not (
@@ -275,6 +316,7 @@ class Store:
         ):
             remove(prepared.work)
             prepared = None
+        archive = upload.path
         try:
             stored = self._build(
                 upload,
@@ -285,6 +327,7 @@ class Store:
                 now=now,
                 hook=hook,
                 prepared=prepared,
+                settle=settle,
             )
         except OSError as exc:
             remove(work)
@@ -388,7 +431,13 @@ class Store:
         now: datetime,
         hook: Hook | None,
         prepared: Prepared | None,
+        settle: Callable[[], Upload] | None = None,
     ) -> Stored:
+        """Extracts (or takes the prepared tree), composes, records and renames a version.
+
+        `settle` gives the upload with its SHA-256 when that is taken beside the extraction; it
+        raises the checksum's rejection, which wins over any fault found in the entries.
+        """
         limits = limits_of(ingest)
         base = self._manifest_or_none(active) if active else None
         reserve = _Reserve(self.root, ingest.disk_reserve_percent)
@@ -413,11 +462,18 @@ class Store:
                 by_content={(e.sha256, e.size): e.path for e in base or []},
                 reserve=reserve,
             )
-            with corrupt_as_rejected(upload.path):
-                for member in iter_members(upload, limits=limits):
-                    extracted[member.path] = writer.write(member, tree / member.path)
-                    if hook and len(extracted) == 1:
-                        hook("extracting")
+            try:
+                with corrupt_as_rejected(upload.path):
+                    for member in iter_members(upload, limits=limits):
+                        extracted[member.path] = writer.write(member, tree / member.path)
+                        if hook and len(extracted) == 1:
+                            hook("extracting")
+            except Rejected:
+                if settle is not None:
+                    settle()
+                raise
+        if settle is not None:
+            upload = settle()
         if hook:
             hook("extracted")
         prefix = strip_prefix(extracted)

@@ -104,6 +104,15 @@ def corrupt_as_rejected(archive: Path) -> Iterator[None]:
         raise Rejected(Reason.CORRUPT_ARCHIVE, f"{archive.name}: {exc}") from exc
 
 
+def check_name(archive: Path, *, ingest: IngestSpec) -> tuple[CutRef, ArchiveFormat]:
+    """The cut id (and time) and the format that an archive's name gives; Rejected otherwise."""
+    cut = parse_cut(archive.name, pattern=ingest.cut_id_pattern, timezone=ingest.timezone)
+    fmt = archive_format(archive.name)
+    if fmt is None:
+        raise Rejected(Reason.UNSUPPORTED_FORMAT, f"{archive.name} is not .zip, .tar or .tar.gz")
+    return cut, fmt
+
+
 def check_upload(
     archive: Path,
     *,
@@ -117,10 +126,7 @@ def check_upload(
 
     `sha256` is the archive's digest when it is known already (taken while it arrived).
     """
-    cut = parse_cut(archive.name, pattern=ingest.cut_id_pattern, timezone=ingest.timezone)
-    fmt = archive_format(archive.name)
-    if fmt is None:
-        raise Rejected(Reason.UNSUPPORTED_FORMAT, f"{archive.name} is not .zip, .tar or .tar.gz")
+    cut, fmt = check_name(archive, ingest=ingest)
     if sha256 is None:
         sha256 = sha256_file(archive)
     if checksum is not None and checksum.lower() != sha256:
