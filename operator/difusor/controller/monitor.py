@@ -122,6 +122,9 @@ class Monitor:
             watch.streak = Streak(incident=found["metadata"]["name"])
         for found in self.incidents.open_ones(namespace, name, detected_by=ATTACK_DETECTOR)[-1:]:
             watch.attack = found["metadata"]["name"]
+        # Both results exist from the start (at 0): a ratio of failed to all probes needs both.
+        for result in ("ok", "failed"):
+            self.metrics.probes.labels(namespace, name, result)
         watch.resumed = True
 
     def step(self, watch: Watch, publication: Obj) -> float:
