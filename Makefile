@@ -29,8 +29,12 @@ deps: ## install nginx, OpenSSH, Varnish, openssl, wrk, mmdebstrap, buildah, run
 k8s-bins: venv ## build (or reuse) the pinned control-plane binaries in $(DIFUSOR_CACHE)/bin
 	bash hack/build-k8s.sh >/dev/null
 
+.PHONY: node-bins
+node-bins: ## build (or reuse) containerd, kubelet, kube-proxy, the CNI plugins and the pause image
+	bash hack/build-node.sh >/dev/null
+
 .PHONY: setup
-setup: venv deps k8s-bins ## everything the tests need
+setup: venv deps k8s-bins node-bins ## everything the tests need (the node tier builds the images)
 
 .PHONY: lint
 lint: venv ## ruff, ruff format --check, mypy strict, import-linter
@@ -57,7 +61,7 @@ cluster-down: ## stop the local control plane
 	bash hack/cluster.sh down
 
 .PHONY: test
-test: setup lint ## everything: lint, unit, cluster and e2e tests
+test: setup lint ## everything: lint, unit, cluster, e2e and node tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -83,6 +87,14 @@ export IMAGE NGINX_IMAGE
 image: ## build the images (difusor, nginx): buildah on a Debian base from mmdebstrap, or Docker
 	bash hack/image.sh
 
+.PHONY: node-up
+node-up: venv k8s-bins ## join a real node (containerd, kubelet, kube-proxy in a network namespace) to the local control plane
+	bash hack/node.sh up
+
+.PHONY: node-down
+node-down: ## stop the real node and remove what it made
+	bash hack/node.sh down
+
 .PHONY: kind-up
 kind-up: ## kind cluster with Traefik, the images, the chart and a sample publication; needs Docker
 	bash hack/kind.sh up
@@ -92,5 +104,5 @@ kind-down: ## delete the kind cluster
 	bash hack/kind.sh down
 
 .PHONY: kind-test
-kind-test: ## the test suite against the kind cluster (after kind-up)
+kind-test: ## the node-tier tests (and the rest) against the kind cluster (after kind-up)
 	PYTEST_ARGS="$(PYTEST_ARGS)" bash hack/kind.sh test

@@ -1,0 +1,3 @@
+module difusor.local/gobuild/pause
+
+go 1.26.0
