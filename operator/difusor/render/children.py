@@ -286,6 +286,10 @@ def sftp_service(spec: PrepPublicationSpec, target: Target) -> Obj:
         "selector": selector_labels(target.name),
         "sessionAffinity": "ClientIP",
         "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 3600}},
+        # A web pod is Ready only once it serves an active cut, and the first cut comes through
+        # this Service: it must reach pods that are not Ready yet (the sftp container's own
+        # probes keep a dead sshd out of rotation through restarts all the same).
+        "publishNotReadyAddresses": True,
         "ports": [port],
     }
     if svc.type is not SftpServiceType.CLUSTER_IP:
@@ -323,6 +327,12 @@ def _env(target: Target) -> list[Obj]:
         {"name": "DIFUSOR_CONTENT_DIR", "value": CONTENT_DIR},
         {"name": "DIFUSOR_CONFIG_DIR", "value": CONFIG_DIR},
     ]
+
+
+def _startup_probe(handler: Obj) -> Obj:
+    """Up to three minutes to start before liveness counts: a Python process importing the
+    Kubernetes client on a busy node takes longer than liveness allows."""
+    return {**handler, "periodSeconds": 2, "failureThreshold": 90}
 
 
 def _probe(path: str, port: str, *, period: int, failures: int) -> Obj:
@@ -369,6 +379,7 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
         # The agent reloads nginx (SIGHUP, through the shared /tmp pid file) for the deny list.
         "env": [*_env(target), {"name": "DIFUSOR_NGINX_PID_FILE", "value": "/tmp/nginx.pid"}],
         "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        "startupProbe": _startup_probe({"httpGet": {"path": "/healthz", "port": "agent"}}),
         "readinessProbe": _probe("/readyz", "agent", period=2, failures=2),
         "livenessProbe": _probe("/healthz", "agent", period=10, failures=3),
         "resources": {
@@ -389,6 +400,7 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
         "args": ["sftp-server"],
         "env": _env(target),
         "ports": [{"name": "sftp", "containerPort": SFTP_PORT, "protocol": "TCP"}],
+        "startupProbe": _startup_probe({"tcpSocket": {"port": "sftp"}}),
         "readinessProbe": {"tcpSocket": {"port": "sftp"}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": "sftp"}, "periodSeconds": 10},
         "resources": {
