@@ -60,8 +60,9 @@ class Site:
         return dict(self.publication().get("status") or {})
 
     def incidents(self) -> list[dict[str, Any]]:
+        """The incidents whose status is written (it follows the create by one patch)."""
         items = json.loads(self.kubectl("get", "prepincidents", "-o", "json"))["items"]
-        return sorted(items, key=lambda i: i["spec"]["startedAt"])
+        return sorted((i for i in items if i.get("status")), key=lambda i: i["spec"]["startedAt"])
 
     def events(self, reason: str) -> list[dict[str, Any]]:
         items = json.loads(
