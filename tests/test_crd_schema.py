@@ -41,6 +41,13 @@ BAD = [
     ("edge kind", {"edge": {"kind": "LoadBalancer"}}, "spec.edge.kind"),
     ("cdn without credentials", {"cdn": {"provider": "cloudflare"}}, "cdn.credentialsSecret"),
     ("cdn provider", {"cdn": {"provider": "akamaii"}}, "spec.cdn.provider"),
+    ("cdn without zone", {"cdn": {"provider": "cloudfront", "credentialsSecret": "aws"}}, "cdn.zone"),
+    ("varnish without purgers", {"cdn": {"provider": "varnish", "endpoint": "http://c:6081"}},
+     "cdn.purgers"),
+    ("fastly prefixes", {"cdn": {"provider": "fastly", "credentialsSecret": "f", "zone": "s",
+                                 "prefixes": ["/json/"]}}, "cdn.prefixes"),
+    ("cdn endpoint", {"cdn": {"provider": "webhook", "credentialsSecret": "h", "endpoint": "ftp://x"}},
+     "spec.cdn.endpoint"),
     ("trusted proxy", {"rateLimit": {"trustedProxies": ["10.0.0.0/33"]}}, "spec.rateLimit.trustedProxies[0]"),
     ("deny list", {"rateLimit": {"denyList": ["nope"]}}, "spec.rateLimit.denyList[0]"),
     ("source range", {"sftp": {"authorizedKeysSecret": "k", "allowedSourceRanges": ["1.2.3"]}},
@@ -84,9 +91,21 @@ GOOD = [
     ("ipv6 proxy", {"rateLimit": {"trustedProxies": ["2001:db8::/32", "10.0.0.0/8"]}}),
     (
         "varnish needs no credentials",
-        {"cdn": {"provider": "varnish", "endpoint": "http://varnish"}},
+        {"cdn": {"provider": "varnish", "endpoint": "http://varnish", "purgers": ["10.0.0.0/8"]}},
     ),
     ("tls by issuer", {"tls": {"issuerRef": {"name": "le"}}}),
+    (
+        "cloudfront with prefixes",
+        {
+            "cdn": {
+                "provider": "cloudfront",
+                "credentialsSecret": "aws",
+                "zone": "E2QWRUHEXAMPLE",
+                "prefixes": ["/json/"],
+                "soft": False,
+            }
+        },
+    ),
 ]
 
 

@@ -12,8 +12,12 @@ from difusor.logic.promotion import (
     FAILED,
     IDLE,
     PHASE_COMMITTING,
+    PHASE_PURGING,
     PHASE_STAGING,
     PROMOTED,
+    PURGE_FAILED,
+    PURGE_PENDING,
+    PURGE_SUCCEEDED,
     REJECTED,
     STAGING,
     SUPERSEDED,
@@ -21,6 +25,7 @@ from difusor.logic.promotion import (
     CutView,
     Inputs,
     PodView,
+    PurgeView,
     Rollout,
     decide,
     desired_cut,
@@ -313,3 +318,88 @@ def test_a_commit_no_pod_finishes_is_abandoned_and_the_site_keeps_its_cut() -> N
     assert d.rollout == Rollout()
     assert d.cut_phases == {NEW: FAILED}
     assert d.events[0][0] == "RolloutAbandoned"
+
+
+# -- the CDN purge step ------------------------------------------------------------------------
+
+
+def purging(purge: PurgeView, *, cuts: tuple[CutView, ...] | None = None) -> Inputs:
+    return replace(
+        BASE,
+        active=NEW,
+        cdn=True,
+        rollout=Rollout(target=NEW, phase=PHASE_PURGING, started_at=T0),
+        pods=three({NEW}, NEW),
+        cuts=cuts or (cut(OLD, SUPERSEDED), replace(cut(NEW, COMMITTED), purge=purge)),
+    )
+
+
+def test_with_a_cdn_the_last_swap_starts_the_purge_before_the_cut_is_promoted() -> None:
+    inputs = replace(
+        BASE,
+        cdn=True,
+        rollout=Rollout(target=NEW, phase=PHASE_COMMITTING, started_at=T0),
+        pods=three({NEW}, NEW),
+        cuts=(cut(OLD, PROMOTED), cut(NEW, COMMITTED)),
+    )
+    d = decide(inputs, T0 + timedelta(seconds=5))
+    assert d.active == NEW
+    assert d.rollout.phase == PHASE_PURGING
+    assert d.purge == NEW
+    assert NEW not in d.cut_phases
+    assert d.cut_phases[OLD] == SUPERSEDED
+
+
+def test_no_purge_goes_out_while_a_pod_has_not_swapped() -> None:
+    inputs = replace(
+        BASE,
+        cdn=True,
+        rollout=Rollout(target=NEW, phase=PHASE_COMMITTING, started_at=T0),
+        pods=(*three({NEW}, NEW)[:2], PodView(name="w-2", staged=frozenset({NEW}), active=OLD)),
+        cuts=(cut(OLD, PROMOTED), cut(NEW, COMMITTED)),
+    )
+    d = decide(inputs, T0 + timedelta(seconds=5))
+    assert d.purge is None
+    assert d.rollout.phase == PHASE_COMMITTING
+
+
+def test_an_acknowledged_purge_promotes_the_cut_and_ends_the_rollout() -> None:
+    d = decide(purging(PurgeView(outcome=PURGE_SUCCEEDED)), T0)
+    assert d.purge is None
+    assert d.rollout.phase == IDLE
+    assert d.cut_phases[NEW] == PROMOTED
+
+
+def test_a_failed_purge_waits_for_its_next_attempt_and_never_rolls_back() -> None:
+    later = T0 + timedelta(seconds=30)
+    waiting = decide(purging(PurgeView(outcome=PURGE_FAILED, next_attempt_at=later)), T0)
+    assert waiting.purge is None
+    assert waiting.active == NEW
+    assert waiting.rollout.phase == PHASE_PURGING
+    due = decide(purging(PurgeView(outcome=PURGE_FAILED, next_attempt_at=later)), later)
+    assert due.purge == NEW
+
+
+def test_a_purge_pending_at_an_operator_restart_is_sent_again() -> None:
+    assert decide(purging(PurgeView(outcome=PURGE_PENDING)), T0).purge == NEW
+
+
+def test_a_newer_cut_does_not_wait_for_a_failing_purge() -> None:
+    failing = PurgeView(outcome=PURGE_FAILED, next_attempt_at=T0 + timedelta(minutes=5))
+    inputs = purging(
+        failing,
+        cuts=(cut(OLD, SUPERSEDED), replace(cut(NEW, COMMITTED), purge=failing), cut(NEWER)),
+    )
+    d = decide(inputs, T0)
+    assert d.purge_skipped == NEW
+    assert d.cut_phases[NEW] == PROMOTED
+    assert d.rollout.target == NEWER
+    assert d.rollout.phase == PHASE_STAGING
+
+
+def test_a_cdn_removed_from_the_spec_mid_purge_lets_the_cut_be_promoted() -> None:
+    inputs = replace(purging(PurgeView(outcome=PURGE_FAILED)), cdn=False)
+    d = decide(inputs, T0)
+    assert d.purge is None
+    assert d.rollout.phase == IDLE
+    assert d.cut_phases[NEW] == PROMOTED

@@ -329,7 +329,7 @@ class CdnProvider(StrEnum):
 
 
 class CdnSpec(Model):
-    """The CDN in front of the site."""
+    """The CDN in front of the site, purged once every serving pod has swapped to a new cut."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -338,7 +338,37 @@ class CdnSpec(Model):
                     "rule": "self.provider in ['none', 'varnish'] || has(self.credentialsSecret)",
                     "message": "cdn.provider needs cdn.credentialsSecret",
                     "fieldPath": ".credentialsSecret",
-                }
+                },
+                {
+                    "rule": "!(self.provider in ['cloudflare', 'fastly', 'cloudfront']) || has(self.zone)",
+                    "message": "cdn.provider cloudflare, fastly and cloudfront need cdn.zone",
+                    "fieldPath": ".zone",
+                },
+                {
+                    "rule": "!(self.provider in ['varnish', 'webhook']) || has(self.endpoint)",
+                    "message": "cdn.provider varnish and webhook need cdn.endpoint",
+                    "fieldPath": ".endpoint",
+                },
+                {
+                    "rule": "self.provider != 'varnish' || (has(self.purgers) && size(self.purgers) > 0)",
+                    "message": "cdn.provider varnish needs cdn.purgers (the operator's addresses)",
+                    "fieldPath": ".purgers",
+                },
+                {
+                    "rule": "!(self.provider in ['fastly', 'akamai']) || !has(self.prefixes) || size(self.prefixes) == 0",
+                    "message": "cdn.prefixes: fastly and akamai have no prefix purge",
+                    "fieldPath": ".prefixes",
+                },
+                {
+                    "rule": "!(self.provider in ['cloudfront', 'varnish']) || !has(self.tags) || size(self.tags) == 0",
+                    "message": "cdn.tags: cloudfront and varnish have no tag purge",
+                    "fieldPath": ".tags",
+                },
+                {
+                    "rule": "self.provider != 'akamai' || !has(self.everything) || !self.everything || has(self.zone)",
+                    "message": "cdn.everything with akamai needs the CP code in cdn.zone",
+                    "fieldPath": ".zone",
+                },
             ]
         }
     )
@@ -346,19 +376,52 @@ class CdnSpec(Model):
     provider: CdnProvider = CdnProvider.NONE
     """none, cloudflare, fastly, akamai, cloudfront, varnish or webhook."""
     credentials_secret: ObjectName | None = None
-    """Secret with the provider's credentials (keys documented per provider)."""
-    zone: str | None = Field(default=None, max_length=256)
-    """Cloudflare zone id, Fastly service id or CloudFront distribution id."""
-    endpoint: str | None = Field(default=None, max_length=2048)
-    """Varnish or webhook URL; Akamai API host."""
+    """Secret with the provider's credentials: cloudflare `apiToken`; fastly `apiKey`; akamai
+    `client_token`, `client_secret`, `access_token` (and `host` unless endpoint is set); cloudfront
+    `aws_access_key_id`, `aws_secret_access_key` (and `aws_session_token`); webhook `hmacKey`."""
+    zone: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Cloudflare zone id, Fastly service id, CloudFront distribution id, or Akamai CP code."""
+    endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    """Varnish or webhook URL; Akamai API base URL; for the others, a replacement of the public API
+    base URL (a proxy or a test server)."""
+    paths: list[UrlPath] = Field(default_factory=list, max_length=1000)
+    """Purge exactly these paths after every promotion instead of the computed set."""
+    prefixes: list[UrlPath] = Field(default_factory=list, max_length=100)
+    """Purge these directory prefixes after every promotion instead of the computed set."""
+    tags: list[Annotated[str, StringConstraints(pattern=r"^[^\s,]+$", max_length=1024)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """Purge these cache tags / surrogate keys after every promotion (the site must emit them)."""
+    everything: bool = False
+    """Purge the whole site after every promotion instead of the computed set."""
+    soft: bool = True
+    """Soft purge (Fastly) or invalidate (Akamai) where offered: stale copies are revalidated,
+    which spares the origin at the 20:00 surge."""
+    network: Literal["production", "staging"] = "production"
+    """Akamai network purged."""
+    scheme: Literal["https", "http"] = "https"
+    """Scheme of the URLs purged (Cloudflare files, Akamai urls, Fastly URL purge)."""
+    purgers: list[CIDR] = Field(default_factory=list, max_length=64)
+    """Varnish: addresses allowed to PURGE and BAN (the operator's); everyone else is refused."""
 
     @model_validator(mode="after")
-    def _credentials(self) -> CdnSpec:
-        if (
-            self.provider not in (CdnProvider.NONE, CdnProvider.VARNISH)
-            and not self.credentials_secret
-        ):
+    def _provider_fields(self) -> CdnSpec:
+        provider = self.provider
+        if provider not in (CdnProvider.NONE, CdnProvider.VARNISH) and not self.credentials_secret:
             raise ValueError("cdn.provider needs cdn.credentialsSecret")
+        needs_zone = (CdnProvider.CLOUDFLARE, CdnProvider.FASTLY, CdnProvider.CLOUDFRONT)
+        if provider in needs_zone and not self.zone:
+            raise ValueError(f"cdn.zone is required with cdn.provider {provider.value}")
+        if provider in (CdnProvider.VARNISH, CdnProvider.WEBHOOK) and not self.endpoint:
+            raise ValueError(f"cdn.endpoint is required with cdn.provider {provider.value}")
+        if provider is CdnProvider.VARNISH and not self.purgers:
+            raise ValueError("cdn.purgers is required with cdn.provider varnish")
+        if provider in (CdnProvider.FASTLY, CdnProvider.AKAMAI) and self.prefixes:
+            raise ValueError(f"cdn.prefixes: {provider.value} has no prefix purge")
+        if provider in (CdnProvider.CLOUDFRONT, CdnProvider.VARNISH) and self.tags:
+            raise ValueError(f"cdn.tags: {provider.value} has no tag purge")
+        if provider is CdnProvider.AKAMAI and self.everything and not self.zone:
+            raise ValueError("cdn.everything with akamai needs the CP code in cdn.zone")
         return self
 
 
@@ -546,6 +609,28 @@ class Rollout(Model):
     """When the promotion started."""
 
 
+class PurgeOutcome(StrEnum):
+    """How a CDN purge ended."""
+
+    PENDING = "Pending"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class PublicationPurge(Model):
+    """The latest CDN purge of a publication."""
+
+    cut: CutId | None = None
+    """Cut the purge was for."""
+    outcome: PurgeOutcome | None = None
+    """Pending, Succeeded, Failed or Skipped (a newer cut came first)."""
+    message: str | None = None
+    """Why it failed."""
+    purged_cut: CutId | None = None
+    """Newest cut whose purge succeeded: the next purge covers what changed since it."""
+
+
 class PrepPublicationStatus(Model):
     """Observed state of one difusor site."""
 
@@ -569,6 +654,8 @@ class PrepPublicationStatus(Model):
     """The month's availability, from the prober."""
     containment: Containment | None = None
     """Automatic deny-list entries in force."""
+    purge: PublicationPurge | None = None
+    """The latest CDN purge."""
 
 
 class CutPhase(StrEnum):
@@ -620,6 +707,33 @@ class PodReport(Model):
     """Why the pod could not stage it."""
 
 
+class CutPurge(Model):
+    """The CDN purge of one cut."""
+
+    provider: str | None = None
+    """CDN purged."""
+    outcome: PurgeOutcome | None = None
+    """Pending, Succeeded, Failed or Skipped."""
+    requested_at: str | None = None
+    """When the first request of the latest attempt went out."""
+    completed_at: str | None = None
+    """When the provider acknowledged the last request."""
+    request_id: str | None = Field(default=None, max_length=1024)
+    """The provider's id of the purge (the first one when it took several requests)."""
+    requests: int | None = None
+    """Requests the purge took."""
+    items: int | None = None
+    """Paths, prefixes and tags purged (1 for everything)."""
+    plan: str | None = None
+    """How the items were chosen."""
+    attempts: int | None = None
+    """Purge attempts so far."""
+    next_attempt_at: str | None = None
+    """When a failed purge is tried again."""
+    message: str | None = None
+    """Why the latest attempt failed."""
+
+
 class PrepCutStatus(Model):
     """Observed state of one cut."""
 
@@ -641,6 +755,8 @@ class PrepCutStatus(Model):
     """When every serving pod served it."""
     pods: dict[str, PodReport] = Field(default_factory=dict)
     """Reports by pod name."""
+    purge: CutPurge | None = None
+    """The CDN purge after the cut went live on every pod."""
 
 
 def cut_object_name(publication: str, cut_id: str) -> str:

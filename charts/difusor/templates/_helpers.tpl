@@ -108,10 +108,12 @@ tests/test_chart.py checks these rules against managed_kinds() and agent_role().
 - apiGroups: ["prep.difusor.io"]
   resources: ["prepincidents/status"]
   verbs: ["patch"]
-# SFTP host keys and the agents' token: generated once, never read back nor changed.
+# SFTP host keys and the agents' token: generated once, never changed. Read (get) for each
+# CDN purge: the provider's credentials (spec.cdn.credentialsSecret) and the agents' token, with
+# which the operator reads the cuts' manifests from the agents.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["create"]
+  verbs: ["create", "get"]
 # Children: server-side apply (get, create, patch) and pruning (list, delete).
 - apiGroups: [""]
   resources: ["configmaps", "services", "serviceaccounts"]

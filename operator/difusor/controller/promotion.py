@@ -10,15 +10,19 @@ from typing import Any
 from kubernetes import client as k8s
 
 from difusor.controller.incidents import Incidents
+from difusor.controller.purge import PodAddress, Purger, cut_purge_patch, summary
 from difusor.kube import publication_event
+from difusor.logic.conditions import PURGE_FAILED_REASON, set_condition
 from difusor.logic.promotion import (
     COMMITTED,
     PROMOTED,
+    PURGE_SKIPPED,
     STAGING,
     CutView,
     Decision,
     Inputs,
     PodView,
+    PurgeView,
     Rollout,
     decide,
 )
@@ -26,6 +30,7 @@ from difusor.metrics import OperatorMetrics
 from difusor.models import (
     GROUP,
     VERSION,
+    CdnProvider,
     PrepPublicationSpec,
     cut_object_name,
     parse_time,
@@ -80,6 +85,11 @@ def _rollout_status(rollout: Rollout) -> Obj:
     return out
 
 
+def _purge_view(raw: Obj) -> PurgeView:
+    at = raw.get("nextAttemptAt")
+    return PurgeView(outcome=raw.get("outcome"), next_attempt_at=parse_time(at) if at else None)
+
+
 class Promoter:
     """One promotion step per call; serialised per publication across kopf's handler threads.
 
@@ -88,10 +98,16 @@ class Promoter:
     everything they reported.
     """
 
-    def __init__(self, api: k8s.ApiClient, metrics: OperatorMetrics | None = None) -> None:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        metrics: OperatorMetrics | None = None,
+        purger: Purger | None = None,
+    ) -> None:
         self.api = api
         self.metrics = metrics or OperatorMetrics()
         self.incidents = Incidents(api, self.metrics)
+        self.purger = purger or Purger(api)
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self._guard = threading.Lock()
@@ -175,6 +191,7 @@ class Promoter:
                 id=c["spec"]["id"],
                 phase=(c.get("status") or {}).get("phase") or "Received",
                 time=c["spec"].get("time"),
+                purge=_purge_view((c.get("status") or {}).get("purge") or {}),
             )
             for c in cuts_raw
         )
@@ -187,9 +204,19 @@ class Promoter:
             pinned=spec.pinned_cut,
             stage_timeout=timedelta(seconds=spec.promotion.stage_timeout_seconds),
             min_ready=spec.promotion.min_ready_replicas,
+            cdn=spec.cdn.provider is not CdnProvider.NONE,
         )
         decision = decide(inputs, now)
         self._act(publication, inputs, decision, cuts_raw, views, now)
+        if decision.purge:
+            # Pods serving the target first: they surely hold it.
+            addresses = sorted(
+                (PodAddress(p.metadata.name, p.status.pod_ip) for p in pods if p.status.pod_ip),
+                key=lambda a: next(
+                    (v.active != decision.purge for v in views if v.name == a.name), True
+                ),
+            )
+            self._purge(publication, spec, decision.purge, cuts_raw, addresses)
         return decision
 
     def _act(
@@ -232,6 +259,21 @@ class Promoter:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, "preppublications", name, {"status": patch}
             )
+        went_live = decision.active if decision.active != inputs.active else None
+        if went_live and went_live in by_id:
+            live = by_id[went_live]
+            if not (live.get("status") or {}).get("servingAt"):
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, "prepcuts", cut_object_name(name, went_live),
+                    {"status": {"servingAt": _stamp(now)}},
+                )  # fmt: skip
+                live.setdefault("status", {})["servingAt"] = _stamp(now)
+        if decision.purge_skipped and decision.purge_skipped in by_id:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "prepcuts",
+                cut_object_name(name, decision.purge_skipped),
+                {"status": {"purge": {"outcome": PURGE_SKIPPED, "nextAttemptAt": None}}},
+            )  # fmt: skip
         self._observe(publication, inputs, decision, by_id, now)
         target = decision.rollout.target or inputs.rollout.target
         for cut_id, phase in decision.cut_phases.items():
@@ -296,6 +338,86 @@ class Promoter:
             impact={"affectedPods": list(decision.excluded)},
             actions=[actions[reason]],
             now=now,
+        )
+
+    def _purge(
+        self,
+        publication: Obj,
+        spec: PrepPublicationSpec,
+        cut_id: str,
+        cuts_raw: list[Obj],
+        pods: list[PodAddress],
+    ) -> None:
+        """One purge attempt, recorded on the PrepCut and the publication, with an Event."""
+        meta = publication["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        by_id = {c["spec"]["id"]: c for c in cuts_raw}
+        status = publication.get("status") or {}
+        previous = (by_id.get(cut_id, {}).get("status") or {}).get("purge") or {}
+        attempts = int(previous.get("attempts") or 0) + 1
+        provider = spec.cdn.provider.value
+        cut_name = cut_object_name(name, cut_id)
+        # Recorded before the first request: a restart mid-purge finds it Pending and sends again.
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "prepcuts", cut_name,
+            {"status": {"purge": {"provider": provider, "outcome": "Pending",
+                                  "attempts": attempts, "message": None}}},
+        )  # fmt: skip
+        purged_cut = (status.get("purge") or {}).get("purgedCut")
+        outcome = self.purger.run(
+            namespace=namespace, publication=name, spec=spec, cut=cut_id, cuts=by_id,
+            purged_cut=purged_cut, pods=pods, attempts=attempts,
+        )  # fmt: skip
+        patch = cut_purge_patch(outcome, provider=provider, attempts=attempts)
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "prepcuts", cut_name, {"status": {"purge": patch}}
+        )
+        message = summary(outcome, cut_id, provider)
+        labels = (namespace, name)
+        if outcome.ok and outcome.completed_at:
+            took = (outcome.completed_at - outcome.requested_at).total_seconds()
+            self.metrics.purge_seconds.labels(*labels, provider).observe(took)
+            live = (by_id.get(cut_id, {}).get("status") or {}).get("servingAt")
+            if live:
+                # The Purging phase: from the last pod's swap to the purge acknowledged.
+                since = (outcome.completed_at - parse_time(live)).total_seconds()
+                self.metrics.promotion_phase.labels(*labels, "Purging").observe(since)
+        elif not outcome.ok:
+            self.metrics.purge_failures.labels(*labels, provider).inc()
+        stamp = _stamp(datetime.now(UTC))
+        generation = int(meta.get("generation") or 1)
+        conditions = list(status.get("conditions") or [])
+        degraded: Obj = next((c for c in conditions if c.get("type") == "Degraded"), {})
+        pub_purge: Obj = {"cut": cut_id, "outcome": patch["outcome"]}
+        if outcome.ok:
+            pub_purge.update(purgedCut=cut_id, message=None)
+            if degraded.get("reason") == PURGE_FAILED_REASON:
+                conditions = set_condition(
+                    conditions, type_="Degraded", status=False, reason="PurgeSucceeded",
+                    message=message, generation=generation, now=stamp,
+                )  # fmt: skip
+            log.info("Publication %s/%s: %s", namespace, name, message)
+        else:
+            pub_purge["message"] = outcome.message
+            conditions = set_condition(
+                conditions, type_="Degraded", status=True, reason=PURGE_FAILED_REASON,
+                message=f"CDN purge of cut {cut_id} failed: {outcome.message}",
+                generation=generation, now=stamp,
+            )  # fmt: skip
+            log.warning("Publication %s/%s: %s", namespace, name, message)
+        status_patch: Obj = {"purge": pub_purge}
+        if conditions != list(status.get("conditions") or []):
+            status_patch["conditions"] = conditions
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "preppublications", name, {"status": status_patch}
+        )
+        publication_event(
+            self.api,
+            metadata=meta,
+            reason="Purged" if outcome.ok else "PurgeFailed",
+            message=message[0].upper() + message[1:],
+            warning=not outcome.ok,
+            component="difusor-operator",
         )
 
     def _cut_status(

@@ -171,6 +171,7 @@ class Reconciler:
             rollout_target=rollout.get("targetCut")
             if rollout.get("phase") not in (None, "Idle")
             else None,
+            purge_error=purge_error(status),
         )
         new = {
             "conditions": compute_conditions(conditions, obs, now=now),
@@ -205,6 +206,14 @@ class Reconciler:
                 if self.cluster.delete(api_version, kind, name=obj_name, namespace=namespace):
                     removed.append(f"deleted {kind} {obj_name}")
         return removed
+
+
+def purge_error(status: Obj) -> str | None:
+    """The message of the publication's latest purge when it failed."""
+    purge = status.get("purge") or {}
+    if purge.get("outcome") != "Failed":
+        return None
+    return f"CDN purge of cut {purge.get('cut')} failed: {purge.get('message') or 'no detail'}"
 
 
 def _short(text: str, limit: int = 400) -> str:

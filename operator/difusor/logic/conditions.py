@@ -7,6 +7,9 @@ from typing import Any
 
 Condition = dict[str, Any]
 
+#: Reason of Degraded while a CDN purge fails.
+PURGE_FAILED_REASON = "PurgeFailed"
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -24,6 +27,8 @@ class Observation:
     invalid_spec: str | None = None
     active_cut: str | None = None
     rollout_target: str | None = None
+    purge_error: str | None = None
+    """Why the latest CDN purge failed (it is retried; the cut stays live)."""
 
 
 def set_condition(
@@ -103,6 +108,8 @@ def compute_conditions(current: list[Condition], obs: Observation, *, now: str) 
 
     if obs.apply_error is not None:
         put("Degraded", True, "ApplyFailed", obs.apply_error)
+    elif obs.purge_error is not None:
+        put("Degraded", True, PURGE_FAILED_REASON, obs.purge_error)
     elif obs.ready_replicas < obs.desired_replicas and not rolling:
         put("Degraded", True, "PodsNotReady", serving)
     else:

@@ -1,7 +1,10 @@
 """The promotion state machine: `decide(inputs, now)` says what the operator does next.
 
 A cut goes Verified -> Staging (every serving pod fetches and verifies it) -> Committing (each pod
-that staged it swaps its `current` symlink) -> Promoted (every pod that staged it serves it).
+that staged it swaps its `current` symlink) -> Promoted (every pod that staged it serves it). With a
+CDN, the rollout passes through Purging between the last swap and Promoted: the purge goes out only
+once every pod serves the cut (else the CDN would cache the old one again), a failed purge is
+retried with backoff and never rolls the cut back, and a newer cut is not held up by it.
 Agents learn the target from the publication's status.rollout and report through annotations on
 their own pod; the operator only reads those reports and writes status. Everything here is a
 pure function of what the operator gathered, so every transition is a table test and a restart
@@ -26,6 +29,13 @@ RECEIVED = "Received"
 IDLE = "Idle"
 PHASE_STAGING = "Staging"
 PHASE_COMMITTING = "Committing"
+PHASE_PURGING = "Purging"
+
+#: Outcomes of a purge (the names of models.PurgeOutcome).
+PURGE_PENDING = "Pending"
+PURGE_SUCCEEDED = "Succeeded"
+PURGE_FAILED = "Failed"
+PURGE_SKIPPED = "Skipped"
 
 _NOT_PROMOTABLE = frozenset({REJECTED, RECEIVED, FAILED})
 
@@ -44,12 +54,23 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class PurgeView:
+    """The CDN purge of one cut (PrepCut status.purge)."""
+
+    outcome: str | None = None
+    """None (never requested), Pending, Succeeded, Failed or Skipped."""
+    next_attempt_at: datetime | None = None
+    """Earliest time for the next attempt after a failure."""
+
+
+@dataclass(frozen=True)
 class CutView:
     """One PrepCut as the operator sees it."""
 
     id: str
     phase: str
     time: str | None = None
+    purge: PurgeView = PurgeView()
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,8 @@ class Inputs:
     pinned: str | None = None
     stage_timeout: timedelta = timedelta(seconds=120)
     min_ready: int = 1
+    cdn: bool = False
+    """A CDN is configured: every promotion ends with a purge."""
 
 
 @dataclass
@@ -86,6 +109,10 @@ class Decision:
     """(reason, message) pairs, in the order they happened."""
     excluded: tuple[str, ...] = ()
     """Pods left out of the commit because they did not stage in time."""
+    purge: str | None = None
+    """Cut whose CDN purge the operator sends now."""
+    purge_skipped: str | None = None
+    """Cut whose pending purge a newer cut makes moot (its own purge covers the files)."""
 
 
 def _order_key(cut: CutView) -> tuple[str, str]:
@@ -127,6 +154,17 @@ def decide(inputs: Inputs, now: datetime) -> Decision:
 
     if rollout.phase == PHASE_COMMITTING and rollout.target:
         return _committing(inputs, decision, serving, now)
+
+    if rollout.phase == PHASE_PURGING and rollout.target:
+        if want and want != rollout.target:
+            # The cut is live everywhere; the next cut's purge covers what this one would have.
+            decision.cut_phases[rollout.target] = PROMOTED
+            decision.purge_skipped = rollout.target
+            decision.events.append(
+                ("PurgeSkipped", f"purge of cut {rollout.target} left to the purge of cut {want}")
+            )
+            return _start(inputs, decision, want, now)
+        return _purging(inputs, decision, now)
 
     if rollout.phase == PHASE_STAGING and rollout.target:
         if want != rollout.target:
@@ -218,19 +256,33 @@ def _committing(
     done = [p for p in swapping if p.active == target]
     if swapping and len(done) == len(swapping):
         decision.active = target
-        decision.rollout = Rollout()
-        decision.cut_phases[target] = PROMOTED
         if inputs.active and inputs.active != target:
             previous = next((c for c in inputs.cuts if c.id == inputs.active), None)
             if previous is not None and previous.phase == PROMOTED:
                 decision.cut_phases[inputs.active] = SUPERSEDED
+        if inputs.cdn:
+            decision.rollout = Rollout(
+                target=target,
+                phase=PHASE_PURGING,
+                started_at=decision.rollout.started_at,
+                committed_at=decision.rollout.committed_at,
+            )
+            decision.events.append(
+                (
+                    "Swapped",
+                    f"cut {target} live on {len(done)}/{len(serving)} pods; purging the CDN",
+                )
+            )
+            return _purging(inputs, decision, now)
+        decision.rollout = Rollout()
+        decision.cut_phases[target] = PROMOTED
         decision.events.append(
             ("Promoted", f"promoted cut {target} on {len(done)}/{len(serving)} pods")
         )
         return decision
     committed = decision.rollout.committed_at or now
     if swapping and now - committed >= inputs.stage_timeout:
-        return _commit_timeout(inputs, decision, swapping, done)
+        return _commit_timeout(inputs, decision, swapping, done, now)
     if not swapping:
         # Every pod that had staged the target is gone; start the target over on the pods there are.
         decision.events.append(
@@ -242,7 +294,11 @@ def _committing(
 
 
 def _commit_timeout(
-    inputs: Inputs, decision: Decision, swapping: list[PodView], done: list[PodView]
+    inputs: Inputs,
+    decision: Decision,
+    swapping: list[PodView],
+    done: list[PodView],
+    now: datetime,
 ) -> Decision:
     """A commit some pods never finished (a frozen agent): promote on the rest, or abandon it."""
     target = decision.rollout.target
@@ -265,6 +321,16 @@ def _commit_timeout(
                 f"promoted on {len(done)} pods, the rest leave rotation until they catch up",
             )
         )
+        if inputs.cdn:
+            # Live on every pod still in rotation: the purge is due now, as after a full commit.
+            del decision.cut_phases[target]
+            decision.rollout = Rollout(
+                target=target,
+                phase=PHASE_PURGING,
+                started_at=inputs.rollout.started_at,
+                committed_at=inputs.rollout.committed_at,
+            )
+            return _purging(inputs, decision, now)
         return decision
     decision.cut_phases[target] = FAILED
     decision.rollout = Rollout()
@@ -275,4 +341,23 @@ def _commit_timeout(
             f"abandoned it, still serving {inputs.active}",
         )
     )
+    return decision
+
+
+def _purging(inputs: Inputs, decision: Decision, now: datetime) -> Decision:
+    target = decision.rollout.target
+    assert target is not None
+    cut = next((c for c in inputs.cuts if c.id == target), None)
+    purge = cut.purge if cut is not None else PurgeView()
+    if purge.outcome == PURGE_SUCCEEDED or not inputs.cdn:
+        # Purged, or the CDN was removed from the spec meanwhile: nothing left to purge.
+        decision.rollout = Rollout()
+        decision.cut_phases[target] = PROMOTED
+        how = "and purged the CDN" if inputs.cdn else "(no CDN to purge any more)"
+        decision.events.append(("Promoted", f"promoted cut {target} {how}"))
+        return decision
+    if purge.outcome == PURGE_FAILED and purge.next_attempt_at and now < purge.next_attempt_at:
+        return decision
+    # Never requested, failed and due again, or Pending after an operator restart mid-request.
+    decision.purge = target
     return decision

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from difusor.models import (
+    CdnProvider,
     ClientAddressHeader,
     EdgeKind,
     PrepPublicationSpec,
@@ -22,6 +23,7 @@ from difusor.render.labels import (
     selector_labels,
 )
 from difusor.render.monitoring import MONITORING, pod_monitor, prometheus_rule
+from difusor.render.varnish import VCL_FILE, render_vcl
 
 Obj = dict[str, Any]
 
@@ -77,7 +79,22 @@ def render_all(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
     ]
     if spec.autoscaling.enabled:
         objects.append(autoscaler(spec, target))
+    if spec.cdn.provider is CdnProvider.VARNISH:
+        objects.append(varnish_config_map(spec, target))
     return objects
+
+
+def varnish_config_map(spec: PrepPublicationSpec, target: Target) -> Obj:
+    """The VCL of the optional Varnish cache tier, in front of the readers' Service."""
+    names = Names(target.name)
+    backend = (f"{names.http}.{target.namespace}.svc", 80)
+    vcl = render_vcl(spec, backends=[backend], purgers=spec.cdn.purgers)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_meta(target, names.varnish, component="cache"),
+        "data": {VCL_FILE: vcl},
+    }
 
 
 def managed_kinds() -> list[tuple[str, str]]:

@@ -79,6 +79,7 @@ class Names:
         self.agent = f"{publication}-agent"
         self.tls = f"{publication}-tls"
         self.ratelimit = f"{publication}-ratelimit"
+        self.varnish = f"{publication}-varnish"
 
     def pod(self, ordinal: int) -> str:
         """Name of the web pod with this ordinal."""

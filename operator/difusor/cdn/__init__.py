@@ -1,0 +1,1 @@
+"""CDN purge adapters: one per provider, over aiohttp, with batching, backoff and signing."""
