@@ -115,3 +115,63 @@ class StreamedStore(Store):
             version = self.versions / outcome.cut
             self.used += written <= {p.stat().st_ino for p in version.rglob("*") if p.is_file()}
         return outcome
+
+
+#: Michoacán 2024: 24 local districts, 113 municipalities, about 2,700 sections and 13,000 actas.
+MICHOACAN = {"distritos": 24, "municipios": 113, "secciones": 2700, "actas": 13000}
+_PARTIES = ("PAN", "PRI", "PRD", "PVEM", "PT", "MC", "MORENA", "NO_REG", "NULOS")
+
+
+def realistic_site(
+    *, cut: str = "20240602_2040", seed: int = 0, scale: float = 1.0
+) -> dict[str, bytes]:
+    """A state PREP site the size of Michoacán's: the institute's page and assets, the JSON tree
+    (main, per district, municipality and section, for two elections) and the actas CSVs.
+
+    About 5,600 files and 5 MB at scale 1; `scale` shrinks every count for quick runs.
+    """
+    rng = random.Random(seed)
+    counts = {k: max(1, int(v * scale)) for k, v in MICHOACAN.items()}
+
+    def votes() -> dict[str, int]:
+        return {p: rng.randint(0, 900) for p in _PARTIES}
+
+    files: dict[str, bytes] = {
+        "index.html": (
+            "<!doctype html><html lang=es><meta charset=utf-8><title>PREP Michoacán 2024</title>"
+            '<link rel=stylesheet href="/assets/app.css"><script src="/assets/app.js"></script>'
+            f"<main id=app data-corte={cut}></main>\n"
+        ).encode(),
+        "assets/app.css": ("".join(f".c{i}{{margin:{i}px}}" for i in range(6000))).encode(),
+        "assets/app.js": rng.randbytes(450_000).hex().encode(),
+        "assets/fonts/roboto.woff2": rng.randbytes(64_000),
+        **{f"assets/img/{p.lower()}.png": rng.randbytes(9_000) for p in _PARTIES},
+        "json/main.json": json.dumps(
+            {
+                "horaCorte": cut,
+                "actasEsperadas": counts["actas"],
+                "actasCapturadas": int(counts["actas"] * 0.8),
+                "participacion": 58.3,
+            }
+        ).encode(),
+    }
+    for election in ("dip", "ayu"):
+        entities = counts["distritos"] if election == "dip" else counts["municipios"]
+        for n in range(1, entities + 1):
+            files[f"json/{election}/entidad/{n:03d}.json"] = json.dumps(
+                {"id": n, "corte": cut, "votos": votes(), "casillas": [votes() for _ in range(8)]}
+            ).encode()
+        for section in range(1, counts["secciones"] + 1):
+            files[f"json/{election}/seccion/{section:04d}.json"] = json.dumps(
+                {"seccion": section, "votos": votes()}
+            ).encode()
+        rows = "".join(
+            f"16{i:05d}B01,{i % entities + 1},{i % counts['secciones'] + 1},"
+            f"{','.join(str(v) for v in votes().values())},750,"
+            f"{hashlib.sha256(f'{seed}-{election}-{i}'.encode()).hexdigest()}\n"
+            for i in range(counts["actas"])
+        )
+        files[f"datos/20240602_PREP_{election.upper()}_MICH.csv"] = (
+            f"02/06/2024 {cut[9:11]}:{cut[11:13]} (UTC-6)\n{HEADER}{rows}"
+        ).encode()
+    return files

@@ -355,7 +355,15 @@ class Harness:
             target.chmod(0o755)
             dirs[volume.name] = target
             if volume.config_map:
-                cm = self.core.read_namespaced_config_map(volume.config_map.name, self.namespace)
+                try:
+                    cm = self.core.read_namespaced_config_map(
+                        volume.config_map.name, self.namespace
+                    )
+                except k8s.ApiException as exc:
+                    # As the kubelet does: an optional ConfigMap that is missing is an empty volume.
+                    if exc.status != 404 or not volume.config_map.optional:
+                        raise
+                    continue
                 for key, value in (cm.data or {}).items():
                     (target / key).write_text(value)
             elif volume.secret:

@@ -74,3 +74,16 @@ def test_an_invalid_spec_is_reported_on_every_condition() -> None:
     assert conds["Ready"]["reason"] == "InvalidSpec"
     assert conds["Degraded"]["status"] == "True"
     assert conds["Ready"]["message"] == "spec.ingest.timezone: bad"
+
+
+def test_a_missing_placeholder_degrades_the_publication_before_the_window_opens() -> None:
+    missing = "ConfigMap ph (spec.window.placeholderConfigMap) does not exist"
+    conditions = compute_conditions(
+        [], obs(placeholder_missing=missing), now="2024-06-02T12:00:00Z"
+    )
+    degraded = next(c for c in conditions if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True",
+        "PlaceholderMissing",
+        missing,
+    )

@@ -32,6 +32,16 @@ def _publication(spec: dict[str, Any], name: str = "p") -> str:
     )
 
 
+def _window(**overrides: Any) -> dict[str, Any]:
+    window: dict[str, Any] = {
+        "start": "2024-06-02T20:00:00-06:00",
+        "end": "2024-06-03T20:00:00-06:00",
+        "placeholderConfigMap": "prep-placeholder",
+    }
+    window.update(overrides)
+    return {k: v for k, v in window.items() if v is not None}
+
+
 BAD = [
     ("host", {"host": "Not_A_Host"}, "spec.host"),
     ("single replica", {"replicas": 1}, "allowSingleReplica"),
@@ -68,6 +78,16 @@ BAD = [
     ("embedding origin", {"embedding": {"allowedOrigins": ["javascript:alert(1)"]}},
      "spec.embedding.allowedOrigins[0]"),
     ("unknown field", {"replicaz": 3}, "replicaz"),
+    ("window end before start", {"window": _window(end="2024-06-02T19:59:00-06:00")},
+     "window.end must be after window.start"),
+    ("window end at start", {"window": _window(end="2024-06-02T20:00:00-06:00")},
+     "spec.window.end"),
+    ("keep online under a day", {"window": _window(keepOnline="23h59m")},
+     "keepOnline must be at least 24h"),
+    ("keep online not a duration", {"window": _window(keepOnline="1d")}, "spec.window.keepOnline"),
+    ("window start not a time", {"window": _window(start="June 2nd")}, "spec.window.start"),
+    ("window without placeholder", {"window": _window(placeholderConfigMap=None)},
+     "spec.window.placeholderConfigMap"),
 ]  # fmt: skip
 
 
@@ -106,6 +126,8 @@ GOOD = [
             }
         },
     ),
+    ("window of a day kept online three", {"window": _window(keepOnline="72h")}),
+    ("window kept online exactly a day", {"window": _window(keepOnline="24h")}),
 ]
 
 
@@ -131,6 +153,14 @@ def test_defaults_are_filled_in_by_the_api_server(crds: str, namespace: str) -> 
     assert stored["cache"]["noStorePaths"] == ["/json/main.json"]
     assert stored["ingest"]["cutIdPattern"] == r"(?P<id>\d{8}_\d{4})"
     assert stored["rateLimit"]["requestsPerSecond"] == 20
+    assert "window" not in stored
+
+
+@pytest.mark.cluster
+def test_a_window_keeps_the_site_online_a_day_unless_told_more(crds: str, namespace: str) -> None:
+    kubectl(crds, "-n", namespace, "apply", "-f", "-", stdin=_publication({"window": _window()}))
+    stored = yaml.safe_load(kubectl(crds, "-n", namespace, "get", "prep", "p", "-o", "yaml"))
+    assert stored["spec"]["window"]["keepOnline"] == "24h"
 
 
 @pytest.mark.cluster

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,11 +20,15 @@ pytestmark = pytest.mark.unit
 EXAMPLES = REPO / "manifests" / "examples"
 GOLDEN = REPO / "tests" / "golden" / "children"
 UPDATE = os.environ.get("DIFUSOR_UPDATE_GOLDEN") == "1"
+#: The clock of the golden renders: noon before the election (full.yaml's window is Pending).
+GOLDEN_NOW = datetime(2024, 6, 2, 12, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("example", ["minimal", "full"])
 def test_render_of_each_example_matches_its_golden_file(example: str) -> None:
-    rendered = render_stream((EXAMPLES / f"{example}.yaml").read_text(), image="difusor:test")
+    rendered = render_stream(
+        (EXAMPLES / f"{example}.yaml").read_text(), image="difusor:test", now=GOLDEN_NOW
+    )
     golden = GOLDEN / f"{example}.yaml"
     if UPDATE:
         golden.write_text(rendered)
@@ -229,3 +234,38 @@ def test_scheduling_reaches_the_pod_template() -> None:
         {"key": "dedicated", "operator": "Equal", "value": "prep", "effect": "NoSchedule"}
     ]
     assert pod["priorityClassName"] == "election-critical"
+
+
+@pytest.mark.parametrize(
+    ("now", "phase"),
+    [
+        (datetime(2024, 6, 3, 1, 59, tzinfo=UTC), "Pending"),
+        (datetime(2024, 6, 3, 2, 0, tzinfo=UTC), "Open"),
+        (datetime(2024, 6, 4, 2, 0, tzinfo=UTC), "Closed"),
+        (datetime(2024, 6, 7, 2, 0, tzinfo=UTC), "Complete"),
+    ],
+)
+def test_render_says_the_window_phase_at_the_time_it_runs(now: datetime, phase: str) -> None:
+    rendered = render_stream((EXAMPLES / "full.yaml").read_text(), now=now)
+    assert rendered.splitlines()[1] == (
+        f"# prep-michoacan: window {phase} at {now.isoformat()} (opens 2024-06-02T20:00:00-06:00, "
+        "closes 2024-06-03T20:00:00-06:00, may be taken down after 2024-06-06T20:00:00-06:00)"
+    )
+
+
+def test_the_placeholder_configmap_is_mounted_into_nginx_only_with_a_window() -> None:
+    window = {
+        "start": "2024-06-02T20:00:00-06:00",
+        "end": "2024-06-03T20:00:00-06:00",
+        "placeholderConfigMap": "ph",
+    }
+    for spec, expected in ((_spec(), []), (_spec(window=window), ["placeholder"])):
+        pod = _one(render_all(spec, TARGET), "StatefulSet")["spec"]["template"]["spec"]
+        volumes = [v for v in pod["volumes"] if v["name"] == "placeholder"]
+        nginx = next(c for c in pod["containers"] if c["name"] == "nginx")
+        mounts = [m["name"] for m in nginx["volumeMounts"] if m["name"] == "placeholder"]
+        assert mounts == expected
+        if expected:
+            assert volumes == [
+                {"name": "placeholder", "configMap": {"name": "ph", "optional": True}}
+            ]

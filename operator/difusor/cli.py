@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,12 +68,18 @@ def _cmd_sftp_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from difusor.render.preview import render_stream
 
     text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
     try:
         out = render_stream(
-            text, namespace=args.namespace, image=args.image, capabilities=args.capability
+            text,
+            namespace=args.namespace,
+            image=args.image,
+            capabilities=args.capability,
+            now=datetime.now(UTC),
         )
     except ValueError as exc:
         print(f"difusor render: {exc}", file=sys.stderr)
@@ -85,6 +92,34 @@ def _cmd_cut_verify(args: argparse.Namespace) -> int:
     from difusor.ingest.cutverify import run
 
     return run(args)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from difusor.audit import AuditError, audit
+
+    archive = Path(args.archive) if args.archive else None
+    try:
+        report = audit(args.url, archive=archive, concurrency=args.concurrency)
+    except (AuditError, OSError) as exc:
+        print(f"difusor audit: {exc}", file=sys.stderr)
+        return 2
+    manifest = report.manifest
+    print(
+        f"Audited {args.url}: cut {manifest.cut}, {len(manifest.entries)} files, archive "
+        f"{manifest.archive} (SHA-256 {manifest.archive_sha256})"
+    )
+    for difference in report.differences:
+        print(f"DIFFERENCE {difference.line()}")
+    if report.skipped:
+        print(f"not published by design (dotfiles): {len(report.skipped)} files")
+    print(report.verdict)
+    print(
+        f"downloaded {report.requests} requests, {report.wire_bytes} bytes "
+        f"({report.content_bytes} decoded) in {report.seconds:.2f} s"
+    )
+    if args.json:
+        print(json.dumps(report.figures()))
+    return 0 if report.ok else 1
 
 
 def dump_yaml(obj: object) -> str:
@@ -138,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="an optional API group version the cluster serves (traefik.io/v1alpha1, ...)",
     )  # fmt: skip
     render.set_defaults(handler=_cmd_render)
+
+    aud = sub.add_parser(
+        "audit",
+        help="download a site as a reader would and prove it serves its manifest unaltered",
+    )
+    aud.add_argument("url", help="the site, e.g. https://prep.example.mx")
+    aud.add_argument(
+        "--archive", help="the institute's archive of the cut: prove the manifest matches it"
+    )
+    aud.add_argument("--concurrency", type=int, default=4, help="parallel connections (default: 4)")
+    aud.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    aud.set_defaults(handler=_cmd_audit)
 
     cut = sub.add_parser("cut", help="tools for cut packages").add_subparsers(
         dest="cut_command", required=True

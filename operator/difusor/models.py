@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -35,6 +35,10 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)
 PATH_PATTERN = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 #: An origin allowed to embed the site (`frame-ancestors` source expression).
 ORIGIN_PATTERN = r"^(https?://)?(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^'self'$"
+#: A duration in hours, minutes and seconds, as Go writes it (36h, 24h30m).
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+#: The least time a site stays online after the window ends (the institute's call: one day).
+MIN_KEEP_ONLINE = timedelta(hours=24)
 
 
 def _check_cidr(value: str) -> str:
@@ -55,6 +59,27 @@ def _check_regex(value: str) -> str:
     return value
 
 
+def parse_duration(value: str) -> timedelta:
+    """A duration such as 36h or 24h30m; ValueError when it is not one."""
+    match = re.fullmatch(DURATION_PATTERN, value)
+    if not value or match is None:
+        raise ValueError(f"{value!r} is not a duration such as 24h or 36h30m")
+    hours, minutes, seconds = (int(g[:-1]) if g else 0 for g in match.groups())
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _check_keep_online(value: str) -> str:
+    if parse_duration(value) < MIN_KEEP_ONLINE:
+        raise ValueError(f"keepOnline {value} is under 24h (the institute asks for a day at least)")
+    return value
+
+
+def _check_aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{value.isoformat()} needs a UTC offset, such as -06:00")
+    return value
+
+
 def _check_timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
@@ -63,6 +88,23 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+AwareTime = Annotated[datetime, AfterValidator(_check_aware)]
+KeepOnline = Annotated[
+    str,
+    StringConstraints(pattern=DURATION_PATTERN, min_length=2, max_length=32),
+    AfterValidator(_check_keep_online),
+    Field(
+        json_schema_extra={
+            "format": "duration",
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self >= duration('24h')",
+                    "message": "keepOnline must be at least 24h (the institute asks for a day)",
+                }
+            ],
+        }
+    ),
+]
 CIDR = Annotated[
     str,
     StringConstraints(min_length=2, max_length=43),
@@ -497,6 +539,60 @@ class SchedulingSpec(Model):
     """PriorityClass of the web pods (keeps them ahead of less urgent work)."""
 
 
+class WindowPhase(StrEnum):
+    """Where the publication is in its window (a function of spec.window and the clock)."""
+
+    PENDING = "Pending"
+    OPEN = "Open"
+    CLOSED = "Closed"
+    COMPLETE = "Complete"
+
+
+class WindowSpec(Model):
+    """When the publication runs: a placeholder before the start, cuts until the end, then online."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.end > self.start",
+                    "message": "window.end must be after window.start",
+                    "fieldPath": ".end",
+                }
+            ]
+        }
+    )
+
+    start: AwareTime
+    """When the PREP starts (RFC 3339 with offset); before it the placeholder page is served."""
+    end: AwareTime
+    """When the PREP ends; afterwards the last cut stays served and uploads are refused."""
+    keep_online: KeepOnline = "24h"
+    """How long the site stays online after the end (at least 24h, as the call asks)."""
+    placeholder_config_map: ObjectName
+    """ConfigMap whose keys are the files served before the start (index.html, style.css ...)."""
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> WindowSpec:
+        if self.end <= self.start:
+            raise ValueError("window.end must be after window.start")
+        return self
+
+    def take_down_after(self) -> datetime:
+        """When the site may be taken down: the end plus keepOnline."""
+        return self.end + parse_duration(self.keep_online)
+
+    def phase_at(self, now: datetime) -> WindowPhase:
+        """The phase at `now` (an aware datetime): a function of the spec and the clock alone."""
+        if now < self.start:
+            return WindowPhase.PENDING
+        if now < self.end:
+            return WindowPhase.OPEN
+        if now < self.take_down_after():
+            return WindowPhase.CLOSED
+        return WindowPhase.COMPLETE
+
+
 class PrepPublicationSpec(Model):
     """Desired state of one difusor site."""
 
@@ -550,6 +646,8 @@ class PrepPublicationSpec(Model):
     """Serve this cut instead of the newest (instant rollback); unset to follow new cuts."""
     monitoring: MonitoringSpec = Field(default_factory=lambda: MonitoringSpec())
     """Availability prober, automatic containment, Prometheus rules."""
+    window: WindowSpec | None = None
+    """The publication window; without one, cuts are taken and served at any time."""
 
     @model_validator(mode="after")
     def _replicas(self) -> PrepPublicationSpec:
@@ -631,6 +729,32 @@ class PublicationPurge(Model):
     """Newest cut whose purge succeeded: the next purge covers what changed since it."""
 
 
+class WindowTransition(Model):
+    """One change of window phase, kept for the report."""
+
+    phase: WindowPhase
+    """The phase entered."""
+    at: str
+    """When it was entered: the window's boundary (RFC 3339), or the spec change that moved it."""
+    observed_at: str
+    """When the operator recorded it."""
+
+
+class WindowStatus(Model):
+    """The publication window as the operator last saw it."""
+
+    phase: WindowPhase
+    """Pending (placeholder), Open (cuts), Closed (last cut online, uploads refused) or Complete."""
+    start: str
+    """Start of the window (RFC 3339)."""
+    end: str
+    """End of the window (RFC 3339)."""
+    take_down_after: str
+    """When the site may be taken down: the end plus keepOnline."""
+    transitions: list[WindowTransition] = Field(default_factory=list)
+    """Every phase change, oldest first."""
+
+
 class PrepPublicationStatus(Model):
     """Observed state of one difusor site."""
 
@@ -656,6 +780,8 @@ class PrepPublicationStatus(Model):
     """Automatic deny-list entries in force."""
     purge: PublicationPurge | None = None
     """The latest CDN purge."""
+    window: WindowStatus | None = None
+    """The publication window's phase, its take-down time and its transitions."""
 
 
 class CutPhase(StrEnum):

@@ -36,8 +36,9 @@ from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import api_client
 from difusor.logic.archive import ManifestEntry
 from difusor.logic.cuts import parse_cut
+from difusor.logic.window import uploads_refused
 from difusor.metrics import AgentMetrics, exposition
-from difusor.models import GROUP, VERSION, PrepPublicationSpec
+from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase, WindowSpec
 from difusor.render.labels import (
     ACTIVE_ANNOTATION,
     ATTACK_ANNOTATION,
@@ -106,6 +107,7 @@ class Agent:
         self.token = config.token_file.read_text().strip()
         self.lock = threading.Lock()
         self.status: dict[str, Any] | None = None
+        self.window: WindowSpec | None = None
         self.reported: dict[str, str | None] = {}
         self.last_error: str | None = None
         self.metrics = AgentMetrics()
@@ -119,16 +121,21 @@ class Agent:
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
 
-    def ready(self) -> tuple[bool, str]:
-        """Ready only while this pod serves the cut the publication says is active."""
+    def ready(self, now: datetime) -> tuple[bool, str]:
+        """Ready only while this pod serves the cut the publication says is active.
+
+        Before the publication window opens nginx serves the placeholder, which needs no cut.
+        """
         with self.lock:
-            status = self.status
+            status, window = self.status, self.window
         if status is None:
             return False, "publication not read yet"
         with self.lock:
             damaged = self.damaged
         if damaged is not None:
             return False, f"{len(damaged[1])} files of cut {damaged[0]} damaged; re-fetching them"
+        if window is not None and window.phase_at(now) is WindowPhase.PENDING:
+            return True, f"serving the placeholder until {window.start.isoformat()}"
         current = self.store.active_cut()
         active = (status.get("activeCut") or {}).get("id")
         rollout = status.get("rollout") or {}
@@ -162,6 +169,7 @@ class Agent:
         status = publication.get("status") or {}
         with self.lock:
             self.status = status
+            self.window = spec.window
         self._ingest(publication, spec, now)
         self._promote(spec, status)
         active = (status.get("activeCut") or {}).get("id")
@@ -174,8 +182,11 @@ class Agent:
     def _ingest(
         self, publication: dict[str, Any], spec: PrepPublicationSpec, now: datetime
     ) -> None:
+        refused = uploads_refused(spec.window, now)
         started = time.monotonic()
-        for outcome in self.intake.run(ingest=spec.ingest, pinned=spec.pinned_cut, now=now):
+        for outcome in self.intake.run(
+            ingest=spec.ingest, pinned=spec.pinned_cut, now=now, refused=refused
+        ):
             self._measure(outcome, time.monotonic() - started)
             started = time.monotonic()
             if isinstance(outcome, Stored):
@@ -423,7 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"ok\n")
             return
         if self.path == "/readyz":
-            ok, why = self.agent.ready()
+            ok, why = self.agent.ready(datetime.now(UTC))
             self._send(200 if ok else 503, (why + "\n").encode())
             return
         if self.path == "/metrics":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 from difusor.controller import secrets
 from difusor.kube import Cluster, publication_event
 from difusor.logic.conditions import Observation, compute_conditions
-from difusor.models import PrepPublicationSpec
+from difusor.logic.window import window_status
+from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase
 from difusor.render.children import Target, managed_kinds, render_all
 from difusor.render.files import config_files
 from difusor.render.labels import Names, selector_string
@@ -66,6 +68,10 @@ class Reconciler:
         self.apps = k8s.AppsV1Api(cluster.api)
         # The children each publication had at its last prune: the same set needs no new one.
         self._pruned: dict[tuple[str, str], frozenset[tuple[str, str, str]]] = {}
+        self.custom = k8s.CustomObjectsApi(cluster.api)
+        # Reconciles run in several handler threads at once; window transitions are recorded
+        # by one at a time, from the status as stored, so each Event is said once.
+        self._window_lock = threading.Lock()
 
     def event(self, body: Obj, *, reason: str, message: str, warning: bool = False) -> None:
         """Record an Event on the publication."""
@@ -172,6 +178,7 @@ class Reconciler:
             if rollout.get("phase") not in (None, "Idle")
             else None,
             purge_error=purge_error(status),
+            placeholder_missing=self._placeholder_missing(spec, namespace),
         )
         new = {
             "conditions": compute_conditions(conditions, obs, now=now),
@@ -180,7 +187,54 @@ class Reconciler:
             "selector": selector_string(name),
             "observedGeneration": generation,
         }
+        self._record_window(body, spec)
         return Outcome(status_patch=_diff(status, new), changes=changes, error=apply_error)
+
+    def _record_window(self, body: Obj, spec: PrepPublicationSpec) -> None:
+        """Write status.window now, with an Event for each phase entered since the last look.
+
+        Events go out before the status that records them: a crash in between repeats an Event
+        rather than losing one.
+        """
+        meta = body["metadata"]
+        seen = (body.get("status") or {}).get("window")
+        if window_status(spec.window, seen, now=datetime.now(UTC)) == (seen, []):
+            return
+        with self._window_lock:
+            try:
+                stored = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, meta["namespace"], "preppublications", meta["name"]
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
+            previous = (stored.get("status") or {}).get("window")
+            window, events = window_status(spec.window, previous, now=datetime.now(UTC))
+            for event in events:
+                log.info("Publication %s/%s: %s", meta["namespace"], meta["name"], event.message)
+                self.event(body, reason=event.reason, message=event.message)
+            if window != previous:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, meta["namespace"], "preppublications", meta["name"],
+                    {"status": {"window": window}},
+                )  # fmt: skip
+
+    def _placeholder_missing(self, spec: PrepPublicationSpec, namespace: str) -> str | None:
+        """Before the window opens: why its placeholder cannot be served, if it cannot."""
+        window = spec.window
+        if window is None or window.phase_at(datetime.now(UTC)) is not WindowPhase.PENDING:
+            return None
+        try:
+            self.core.read_namespaced_config_map(window.placeholder_config_map, namespace)
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
+            return (
+                f"ConfigMap {window.placeholder_config_map} (spec.window.placeholderConfigMap) "
+                "does not exist: until the window opens readers get 404"
+            )
+        return None
 
     def _statefulset(self, name: str, namespace: str) -> Obj | None:
         try:

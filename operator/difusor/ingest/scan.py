@@ -71,8 +71,13 @@ class Intake:
         pinned: str | None,
         now: datetime,
         hook: Hook | None = None,
+        refused: str | None = None,
     ) -> list[Stored | Quarantined]:
-        """Stores or quarantines every upload that is complete now; removes expired partials."""
+        """Stores or quarantines every upload that is complete now; removes expired partials.
+
+        With `refused` (why no cut is taken now: the publication window closed), every complete
+        upload is quarantined with that reason, without being extracted.
+        """
         keyed = _scan(self.store.incoming)
         current = list(keyed.values())
         decision = decide(current, ingest=ingest, now=now.timestamp(), previous=self.previous)
@@ -90,6 +95,18 @@ class Intake:
             checksum_file = (
                 self.store.incoming / upload.checksum_file if upload.checksum_file else None
             )
+            if refused is not None:
+                if following is not None:
+                    following.cancel()
+                outcomes.append(
+                    self.store.quarantine(
+                        archive,
+                        Rejected(Reason.WINDOW_CLOSED, refused),
+                        now=now,
+                        companions=[checksum_file] if checksum_file else [],
+                    )
+                )
+                continue
             checksum: str | None = None
             if checksum_file is not None:
                 text = checksum_file.read_text(encoding="utf-8", errors="replace")

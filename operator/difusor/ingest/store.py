@@ -483,7 +483,8 @@ class Store:
             for p, e in extracted.items()
         }
         deletions = _deletions(source, files)
-        if ingest.mode is IngestMode.OVERLAY and base is not None and active is not None:
+        overlay = ingest.mode is IngestMode.OVERLAY and base is not None and active is not None
+        if overlay and base is not None and active is not None:
             root = work / "site"
             files = _overlay(
                 self.versions / active, base, source, root, files=files, deletions=deletions
@@ -493,7 +494,16 @@ class Store:
         if hook:
             hook("composed")
         entries = sorted(files.values(), key=lambda e: e.path)
-        document = manifest_document(upload.cut.id, entries)
+        document = manifest_document(
+            upload.cut.id,
+            entries,
+            source={
+                "time": upload.cut.time.isoformat() if upload.cut.time else None,
+                "archive": upload.path.name,
+                "archiveSha256": upload.sha256,
+                "mode": str(IngestMode.OVERLAY if overlay else IngestMode.SNAPSHOT),
+            },
+        )
         digest = str(document["digest"])
         record = {
             "id": upload.cut.id,

@@ -21,6 +21,7 @@ from difusor.logic.archive import (
     ArchiveFormat,
     EntryTracker,
     Limits,
+    ManifestEntry,
     Reason,
     Rejected,
     archive_format,
@@ -272,3 +273,30 @@ def _check_mode(name: str, mode: int) -> None:
         raise Rejected(Reason.SPECIAL_FILE, f"entry {name!r} is a device, fifo or socket")
     if mode & (stat.S_ISUID | stat.S_ISGID):
         raise Rejected(Reason.SETUID_BIT, f"entry {name!r} has the setuid or setgid bit")
+
+
+def archive_manifest(archive: Path, *, limits: Limits) -> tuple[str, dict[str, ManifestEntry]]:
+    """An archive's SHA-256 and its files as the ingest would store them (top folder stripped).
+
+    The same checks as the ingest apply (Rejected on a hostile entry); `.prep-delete` is left
+    out, as it is of a stored version. Any name will do: the cut id is not needed here.
+    """
+    fmt = archive_format(archive.name)
+    if fmt is None:
+        raise Rejected(Reason.UNSUPPORTED_FORMAT, f"{archive.name} is not .zip, .tar or .tar.gz")
+    upload = Upload(archive, CutRef(archive.name, None), fmt, "", archive.stat().st_size)
+    found: dict[str, ManifestEntry] = {}
+    for member in iter_members(upload, limits=limits):
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := member.stream.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        found[member.path] = ManifestEntry(member.path, size, digest.hexdigest())
+    prefix = strip_prefix(found)
+    files = {
+        strip(p, prefix): ManifestEntry(strip(p, prefix), e.size, e.sha256)
+        for p, e in found.items()
+    }
+    files.pop(DELETE_LIST, None)
+    return sha256_file(archive), files

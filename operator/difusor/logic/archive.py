@@ -65,6 +65,7 @@ class Reason(StrEnum):
     STALE_CUT = "StaleCut"
     CONFLICT = "Conflict"
     DISK_RESERVE = "DiskReserve"
+    WINDOW_CLOSED = "WindowClosed"
 
 
 class Rejected(Exception):
@@ -229,11 +230,21 @@ def manifest_digest(entries: Iterable[ManifestEntry]) -> str:
     return "sha256:" + hashlib.sha256(canonical_manifest(entries)).hexdigest()
 
 
-def manifest_document(cut_id: str, entries: Sequence[ManifestEntry]) -> dict[str, object]:
-    """The manifest.json of a version."""
+def manifest_document(
+    cut_id: str,
+    entries: Sequence[ManifestEntry],
+    *,
+    source: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """The manifest.json of a version; `source` says what it was built from (archive, SHA-256).
+
+    The digest covers the files only; the site serves this document as the public proof of
+    what it serves (/.well-known/prep-difusor/manifest.json).
+    """
     ordered = sorted(entries, key=lambda e: e.path)
     return {
         "cut": cut_id,
+        **(source or {}),
         "digest": manifest_digest(ordered),
         "files": [{"path": e.path, "size": e.size, "sha256": e.sha256} for e in ordered],
     }

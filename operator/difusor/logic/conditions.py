@@ -29,6 +29,8 @@ class Observation:
     rollout_target: str | None = None
     purge_error: str | None = None
     """Why the latest CDN purge failed (it is retried; the cut stays live)."""
+    placeholder_missing: str | None = None
+    """Why the page due before the window opens cannot be served (its ConfigMap is missing)."""
 
 
 def set_condition(
@@ -112,6 +114,8 @@ def compute_conditions(current: list[Condition], obs: Observation, *, now: str) 
         put("Degraded", True, PURGE_FAILED_REASON, obs.purge_error)
     elif obs.ready_replicas < obs.desired_replicas and not rolling:
         put("Degraded", True, "PodsNotReady", serving)
+    elif obs.placeholder_missing is not None:
+        put("Degraded", True, "PlaceholderMissing", obs.placeholder_missing)
     else:
         put("Degraded", False, "AsExpected", serving)
     return conds

@@ -23,6 +23,7 @@ from difusor.render.labels import (
     selector_labels,
 )
 from difusor.render.monitoring import MONITORING, pod_monitor, prometheus_rule
+from difusor.render.nginx import PLACEHOLDER_DIR
 from difusor.render.varnish import VCL_FILE, render_vcl
 
 Obj = dict[str, Any]
@@ -387,6 +388,7 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
             {"name": "content", "mountPath": LOG_DIR, "subPath": "logs"},
             config_mount,
             tmp_mount,
+            *_placeholder_mounts(spec),
         ],
     }
     agent = {
@@ -487,9 +489,24 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
                     "name": "agent-token",
                     "secret": {"secretName": names.agent_token, "defaultMode": 0o440},
                 },
+                *_placeholder_volumes(spec),
             ],
         },
     }
+
+
+def _placeholder_mounts(spec: PrepPublicationSpec) -> list[Obj]:
+    if spec.window is None:
+        return []
+    return [{"name": "placeholder", "mountPath": PLACEHOLDER_DIR, "readOnly": True}]
+
+
+def _placeholder_volumes(spec: PrepPublicationSpec) -> list[Obj]:
+    """The publication's placeholder ConfigMap; optional, so a missing one never blocks a pod."""
+    if spec.window is None:
+        return []
+    source = {"name": spec.window.placeholder_config_map, "optional": True}
+    return [{"name": "placeholder", "configMap": source}]
 
 
 def _scheduling(spec: PrepPublicationSpec) -> Obj:

@@ -187,6 +187,7 @@ def publication_crd() -> dict[str, Any]:
             {"name": "Active cut", "type": "string", "jsonPath": ".status.activeCut.id"},
             {"name": "Cut time", "type": "string", "jsonPath": ".status.activeCut.time"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Window", "type": "string", "jsonPath": ".status.window.phase"},
             {"name": "Host", "type": "string", "jsonPath": ".spec.host", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

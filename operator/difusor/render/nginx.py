@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import zoneinfo
 from collections.abc import Sequence
@@ -32,6 +33,11 @@ READY_MARKER: Final = ".prep/manifest.json"
 NO_STORE: Final = "no-cache, no-store, must-revalidate"
 #: Request paths never served: dotfiles (.prep/, .git ...) and the content volume's own directories.
 INTERNAL_PATH_REGEX: Final = r"(^|/)\.|^/(incoming|quarantine|versions|current|logs)(/|$)"
+#: The public proof of what is served: the active version's .prep/manifest.json (the archive's
+#: name and SHA-256, and the path, size and SHA-256 of every file), cacheable like any file.
+INTEGRITY_PATH: Final = "/.well-known/prep-difusor/manifest.json"
+#: Where the web pod mounts the ConfigMap of the page served before the window opens.
+PLACEHOLDER_DIR: Final = "/etc/difusor/placeholder"
 #: Header limits: a request line or one header longer than this is refused (414 / 400).
 LARGE_HEADER_BUFFER: Final = "4 8k"
 #: The access log's format name and its fields, one JSON object per line.
@@ -140,6 +146,7 @@ def render_nginx_conf(
     worker_processes: int | str = "auto",
     cut_utc_offset: str | None = None,
     slow_client_timeout_seconds: int = 10,
+    placeholder_dir: str = PLACEHOLDER_DIR,
 ) -> str:
     """nginx.conf for a web pod serving `<content_dir>/current` (run with `-g 'daemon off;'`).
 
@@ -148,6 +155,8 @@ def render_nginx_conf(
     temporary directories and, when they run as root, `user="root"` so that workers can read a
     private temporary directory. `cut_utc_offset` (`-06:00`) builds X-Prep-Cut-Time from the
     cut id; when None it is derived from `spec.ingest.timezone` with `fixed_utc_offset`.
+    With `spec.window`, requests before its start (by nginx's own clock) are served from
+    `placeholder_dir` with the same headers, and /readyz answers 200 without a cut.
     """
     offset = (
         cut_utc_offset if cut_utc_offset is not None else fixed_utc_offset(spec.ingest.timezone)
@@ -236,6 +245,13 @@ def render_nginx_conf(
         f' "${{prep_y}}-${{prep_mo}}-${{prep_d}}T${{prep_h}}:${{prep_mi}}:00{offset}";',
         '        default "";',
         "    }",
+        "    # Internal paths answer 404, apart from the public manifest of the version served.",
+        "    map $uri $prep_internal {",
+        f'        "{INTEGRITY_PATH}" 0;',
+        f'        "~{INTERNAL_PATH_REGEX}" 1;',
+        "        default 0;",
+        "    }",
+        *_indent(_window_maps(spec), 4),
         "    # Errors (429, 503 ...) must never be cached by a CDN.",
         "    map $status $prep_cache_control {",
         "        volatile;",
@@ -300,13 +316,14 @@ def render_nginx_conf(
         "        # The operator's automatic deny list (containment of an attack), written by the agent",
         "        # and applied by a coalesced reload; none at all is fine.",
         f"        include {content}/{CONTAINMENT_DIR}/*.conf;",
+        *_indent(_placeholder_switch(spec, placeholder_dir), 8),
         "        if ($prep_denied) {",
         "            return 403;",
         "        }",
         "        if ($prep_bad_method) {",
         "            return 405;",
         "        }",
-        f'        if ($uri ~ "{INTERNAL_PATH_REGEX}") {{',
+        "        if ($prep_internal) {",
         "            return 404;",
         "        }",
         *_indent(_headers(spec, cache_control="$prep_cache_control"), 8),
@@ -324,6 +341,7 @@ def render_nginx_conf(
         "            allow all;",
         "            default_type text/plain;",
         *_indent(_headers(spec, cache_control="no-store"), 12),
+        *_indent(_placeholder_ready(spec), 12),
         '            if ($prep_cut = "") {',
         '                return 503 "no version behind current\\n";',
         "            }",
@@ -333,6 +351,7 @@ def render_nginx_conf(
         '            return 200 "ready $prep_cut\\n";',
         "        }",
     ]
+    out += ["", *_indent(_integrity_location(spec), 8)]
     if "/" not in no_store:
         out += ["", *_indent(_file_location("location /", spec, no_store=False), 8)]
     for path, modifier in no_store.items():
@@ -352,8 +371,59 @@ def _file_location(head: str, spec: PrepPublicationSpec, *, no_store: bool) -> l
         lines += _indent(_headers(spec, cache_control=NO_STORE, no_store=True), 4)
     else:
         lines += _indent(_headers(spec, cache_control="$prep_cache_control"), 4)
-    lines += ['    if ($prep_cut = "") {', "        return 503;", "    }", "}"]
+    lines += ["    if ($prep_unserved) {", "        return 503;", "    }", "}"]
     return lines
+
+
+def _integrity_location(spec: PrepPublicationSpec) -> list[str]:
+    """The manifest of the version served, from the same resolution of `current` as its files."""
+    return [
+        f"location = {INTEGRITY_PATH} {{",
+        f"    alias $prep_root/{READY_MARKER};",
+        *_indent(_headers(spec, cache_control="$prep_cache_control"), 4),
+        '    if ($prep_cut = "") {',
+        "        return 404;",
+        "    }",
+        "}",
+    ]
+
+
+def _window_maps(spec: PrepPublicationSpec) -> list[str]:
+    """$prep_before_start from nginx's clock, and $prep_unserved: no cut and no placeholder."""
+    if spec.window is None:
+        return ["map $prep_cut $prep_unserved {", '    "" 1;', "    default 0;", "}"]
+    start = spec.window.start
+    # Whole seconds: $msec is `seconds.millis`, and a window starts on a second.
+    limit = math.ceil(start.timestamp())
+    return [
+        f"# Before the window opens ({start.isoformat()}, {limit} s after the epoch) every",
+        "# pod serves the placeholder, each by its own clock.",
+        "map $msec $prep_before_start {",
+        f'    "~^{epoch_below(limit)}\\." 1;',
+        "    default 0;",
+        "}",
+        "# Files answer 503 without a cut, unless the placeholder is being served.",
+        'map "$prep_before_start:$prep_cut" $prep_unserved {',
+        '    "0:" 1;',
+        "    default 0;",
+        "}",
+    ]
+
+
+def _placeholder_switch(spec: PrepPublicationSpec, placeholder_dir: str) -> list[str]:
+    if spec.window is None:
+        return []
+    return [
+        "if ($prep_before_start) {",
+        f"    set $prep_root {_q(placeholder_dir)};",
+        "}",
+    ]
+
+
+def _placeholder_ready(spec: PrepPublicationSpec) -> list[str]:
+    if spec.window is None:
+        return []
+    return ["if ($prep_before_start) {", '    return 200 "placeholder\\n";', "}"]
 
 
 def _headers(spec: PrepPublicationSpec, *, cache_control: str, no_store: bool = False) -> list[str]:
@@ -439,3 +509,28 @@ def _q(value: str) -> str:
 def _indent(lines: list[str], width: int) -> list[str]:
     pad = " " * width
     return [pad + line if line else line for line in lines]
+
+
+def epoch_below(limit: int) -> str:
+    """A regular expression matching the decimal integers of limit's width that are below it.
+
+    nginx has no arithmetic: the rendered config compares $msec (seconds since the epoch) with
+    the window's start through this expression, so every pod switches on its own clock.
+    """
+    if limit <= 0:
+        raise ValueError("the limit must be a positive number of seconds")
+    digits = str(limit)
+    width = len(digits)
+    options = []
+    for i, digit in enumerate(digits):
+        if digit == "0":
+            continue
+        rest = width - i - 1
+        low = "1" if i == 0 else "0"
+        if int(digit) - 1 < int(low):
+            continue
+        head = digits[:i] + (low if int(digit) - 1 == int(low) else f"[{low}-{int(digit) - 1}]")
+        options.append(head + (f"[0-9]{{{rest}}}" if rest else ""))
+    if width > 1:
+        options.append(f"[0-9]{{1,{width - 1}}}")
+    return "(?:" + "|".join(options) + ")"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -22,8 +23,12 @@ def render_stream(
     namespace: str | None = None,
     image: str | None = None,
     capabilities: list[str] | None = None,
+    now: datetime | None = None,
 ) -> str:
-    """Every child of every PrepPublication in `text`, as a YAML stream, in apply order."""
+    """Every child of every PrepPublication in `text`, as a YAML stream, in apply order.
+
+    With `now`, a publication with a window gets a comment line saying its phase at that time.
+    """
     docs = [d for d in yaml.safe_load_all(text) if d]
     if not docs:
         raise ValueError("no PrepPublication in the input")
@@ -51,5 +56,13 @@ def render_stream(
             files=config_files(spec, name=name),
         )
         objects = [*secret_placeholders(target), *render_all(spec, target)]
-        out.extend(_dump(obj) for obj in objects)
+        dumped = [_dump(obj) for obj in objects]
+        if spec.window is not None and now is not None:
+            window = spec.window
+            dumped[0] = (
+                f"# {name}: window {window.phase_at(now)} at {now.isoformat()} (opens "
+                f"{window.start.isoformat()}, closes {window.end.isoformat()}, may be taken "
+                f"down after {window.take_down_after().isoformat()})\n{dumped[0]}"
+            )
+        out.extend(dumped)
     return "---\n" + "---\n".join(out)
