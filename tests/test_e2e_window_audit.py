@@ -139,6 +139,9 @@ def window(
             "scheduling": {"nodeSelector": harness.node_selector},
             "promotion": {"stageTimeoutSeconds": 20, "minReadyReplicas": 2},
             "rateLimit": {"requestsPerSecond": 10000, "burst": 10000, "connections": 1000},
+            # The agents' own content check would repair the file altered below (that is
+            # tests/test_e2e_healing.py); here an outside reader must see the alteration.
+            "monitoring": {"integrityCheckFilesPerMinute": 0},
             "window": {
                 "start": site.start.isoformat(),
                 "end": site.end.isoformat(),
