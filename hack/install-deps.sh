@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs from Debian the real programs the tests drive (nginx, sshd/sftp, Varnish, openssl, wrk,
-# Prometheus and promtool) and what builds the images and runs the real node (mmdebstrap,
-# buildah, runc, nftables, socat),
-# only those that are missing, without starting any of them as a system service.
+# Prometheus and promtool, GoAccess) and what builds the images and runs the real node (mmdebstrap,
+# buildah, runc, nftables, socat) and what `difusor report` / `difusor diagram` need (Graphviz,
+# poppler's pdftoppm for the report's tests, Pango, HarfBuzz and fonts for WeasyPrint), only
+# those that are missing, without starting any of them as a system service.
 set -euo pipefail
 
 declare -A want=(
@@ -20,10 +21,18 @@ declare -A want=(
   [runc]=runc
   [nft]=nftables
   [socat]=socat
+  [goaccess]=goaccess
+  [dot]=graphviz
+  [pdftoppm]=poppler-utils
 )
+# Libraries and fonts (no command to look for): WeasyPrint loads Pango through ffi.
+libs=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core)
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${want[$cmd]}")
+done
+for pkg in "${libs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]} == 0)); then
   echo "install-deps: ${!want[*]} already installed" >&2

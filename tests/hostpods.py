@@ -115,8 +115,18 @@ class HostPod:
 class Harness:
     """Plays kubelet for the pods scheduled onto its node."""
 
-    def __init__(self, kubeconfig: str, *, namespace: str, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        *,
+        namespace: str,
+        root: Path | None = None,
+        volume_size: str | None = None,
+    ) -> None:
+        """`volume_size` ("16m") makes every content volume a tmpfs of that size (a small disk)."""
         self.kubeconfig = kubeconfig
+        self.volume_size = volume_size
+        self.mounts: list[Path] = []
         self.namespace = namespace
         self.api = k8s_config.new_client_from_config(config_file=kubeconfig)
         self.core = k8s.CoreV1Api(self.api)
@@ -176,6 +186,8 @@ class Harness:
                 for proc in pod.procs.values():
                     proc.stop(grace=2)
             self.pods.clear()
+        for mount in self.mounts:
+            subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
         with contextlib.suppress(k8s.ApiException):
             self.core.delete_node(self.node)
         self.api.close()
@@ -236,6 +248,12 @@ class Harness:
                 continue
             directory = self.root / "volumes" / claim.metadata.name
             directory.mkdir(parents=True, exist_ok=True)
+            if self.volume_size and directory not in self.mounts:
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", f"size={self.volume_size}", "tmpfs", str(directory)],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+                self.mounts.append(directory)
             directory.chmod(0o755)
             pv = {
                 "apiVersion": "v1",

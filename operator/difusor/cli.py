@@ -122,6 +122,86 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _publication_ref(value: str) -> tuple[str, str]:
+    namespace, _, name = value.partition("/")
+    if not namespace or not name:
+        raise argparse.ArgumentTypeError(f"--publication {value!r}: expected NAMESPACE/NAME")
+    return namespace, name
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import time
+    import zoneinfo
+    from datetime import UTC, datetime
+
+    from difusor.kube import api_client
+    from difusor.models import PrepPublicationSpec
+    from difusor.report.data import gather
+    from difusor.report.geo import GeoLookup
+    from difusor.report.memoria import build, write
+
+    namespace, name = args.publication
+    try:
+        geo = GeoLookup(Path(args.geoip)) if args.geoip else None
+        evidence = gather(api_client(args.kubeconfig), namespace=namespace, name=name)
+    except (ValueError, LookupError) as exc:
+        print(f"difusor report: {exc}", file=sys.stderr)
+        return 1
+    spec = PrepPublicationSpec.model_validate(evidence.publication.get("spec") or {})
+    tz = zoneinfo.ZoneInfo(spec.ingest.timezone)
+
+    def when(value: str | None, flag: str, default: datetime) -> datetime:
+        if value is None:
+            return default
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise SystemExit(f"difusor report: {flag} {value!r} is not an ISO 8601 time") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+    now = datetime.now(UTC)
+    first = min((s.hour for _, s in evidence.hours), default=int(now.timestamp()) // 3600 * 3600)
+    start = when(args.since, "--from", datetime.fromtimestamp(first, UTC))
+    end = when(args.until, "--to", now)
+    if end <= start:
+        print("difusor report: --to must be after --from", file=sys.stderr)
+        return 1
+    began = time.perf_counter()
+    memoria = build(
+        evidence,
+        start=start,
+        end=end,
+        geo=geo,
+        geo_source=geo.description() if geo else None,
+        now=now,
+    )
+    html_path, pdf_path = write(memoria, Path(args.output), stem=f"memoria-tecnica-{name}")
+    print(f"wrote {html_path} and {pdf_path} in {time.perf_counter() - began:.1f} s")
+    return 0
+
+
+def _cmd_diagram(args: argparse.Namespace) -> int:
+    from difusor.report.diagram import draw, from_cluster, from_file
+
+    try:
+        if args.filename:
+            text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+            drawings = from_file(text, namespace=args.namespace)
+        else:
+            from difusor.kube import api_client
+
+            namespace, name = args.publication
+            dot = from_cluster(api_client(args.kubeconfig), namespace=namespace, name=name)
+            drawings = [(name, dot)]
+        for name, dot in drawings:
+            svg, png = draw(dot, Path(args.output), stem=f"diagrama-{name}")
+            print(f"wrote {svg} and {png}")
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        print(f"difusor diagram: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def dump_yaml(obj: object) -> str:
     """YAML as written to crds/ and printed by `render`: block style, keys in insertion order."""
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
@@ -185,6 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--concurrency", type=int, default=4, help="parallel connections (default: 4)")
     aud.add_argument("--json", action="store_true", help="also print the figures as JSON")
     aud.set_defaults(handler=_cmd_audit)
+    report = sub.add_parser(
+        "report", help="write the memoria técnica (HTML and PDF, in Spanish) of a publication"
+    )
+    report.add_argument(
+        "--publication", required=True, type=_publication_ref, help="NAMESPACE/NAME"
+    )
+    report.add_argument(
+        "--from", dest="since", help="start (ISO 8601; the publication's zone when no offset); "
+        "default: the first recorded hour",
+    )  # fmt: skip
+    report.add_argument("--to", dest="until", help="end (ISO 8601); default: now")
+    report.add_argument("--geoip", help="a MaxMind-format database (GeoLite2/GeoIP2 City .mmdb)")
+    report.add_argument("-o", "--output", default=".", help="directory (default: .)")
+    report.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG)")
+    report.set_defaults(handler=_cmd_report)
+
+    diagram = sub.add_parser(
+        "diagram", help="draw the service (Graphviz SVG and PNG) from the cluster or a file"
+    )
+    source = diagram.add_mutually_exclusive_group(required=True)
+    source.add_argument("--publication", type=_publication_ref, help="NAMESPACE/NAME (live)")
+    source.add_argument("-f", "--filename", help="PrepPublication YAML, or - for stdin")
+    diagram.add_argument("-n", "--namespace", default=None, help="namespace when the file has none")
+    diagram.add_argument("-o", "--output", default=".", help="directory (default: .)")
+    diagram.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG)")
+    diagram.set_defaults(handler=_cmd_diagram)
 
     cut = sub.add_parser("cut", help="tools for cut packages").add_subparsers(
         dest="cut_command", required=True

@@ -351,6 +351,21 @@ class CacheSpec(Model):
     """max-age of every other file."""
 
 
+class StatisticsSpec(Model):
+    """Visitor statistics compacted from every pod's access log (see README: Statistics)."""
+
+    view_paths: list[UrlPath] = Field(default_factory=lambda: ["/json/"], max_length=256)
+    """Views that count as pages besides HTML: a path ending in / is a prefix, others exact.
+    The default fits the institute's single-page site, where every view loads its own JSON
+    under /json/ (the no-store paths such as /json/main.json count as polls, not pages)."""
+    session_timeout_minutes: int = Field(default=30, ge=1, le=1440)
+    """A visit ends after this long without a request."""
+    log_rotate_size: Quantity = "64Mi"
+    """The agent rotates the access log at this size, once compacted (at most two on disk)."""
+    ship_interval_seconds: int = Field(default=10, ge=1, le=300)
+    """How often each agent ships its statistics to the API (the most a killed pod can delay)."""
+
+
 class EmbeddingSpec(Model):
     """Which portals may embed the site in a frame."""
 
@@ -632,6 +647,8 @@ class PrepPublicationSpec(Model):
     """Cache headers."""
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     """Frame embedding."""
+    statistics: StatisticsSpec = Field(default_factory=StatisticsSpec)
+    """Visitor statistics from the access logs."""
     cdn: CdnSpec = Field(default_factory=CdnSpec)
     """CDN purge."""
     retention: RetentionSpec = Field(default_factory=RetentionSpec)

@@ -30,6 +30,7 @@ from difusor.agent.peers import (
     write_bundle,
 )
 from difusor.agent.records import Conflict, Records
+from difusor.agent.stats import StatsShipper, run_loop
 from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake
 from difusor.ingest.store import Quarantined, Store, Stored, remove
@@ -488,6 +489,18 @@ def run(config: AgentConfig) -> int:
     threading.Thread(
         target=watch_publication, args=(agent, wake, stopping), name="agent-watch", daemon=True
     ).start()
+    shipper = StatsShipper(
+        agent.api,
+        namespace=config.namespace,
+        publication=config.publication,
+        pod=config.pod,
+        log_dir=(config.access_log or config.content_dir / "logs" / "access.log").parent,
+        nginx_pid_file=config.nginx_pid_file,
+    )
+    stats = threading.Thread(
+        target=run_loop, args=(shipper,), kwargs={"stopping": stopping}, name="agent-stats"
+    )
+    stats.start()
     while not stopping.is_set():
         wake.clear()
         try:
@@ -500,6 +513,7 @@ def run(config: AgentConfig) -> int:
         # keeps the pods' swaps close together; an upload followed while it arrives wakes it at
         # its rename; the interval is the fallback (and starts following new uploads).
         wake.wait(config.interval)
+    stats.join(timeout=20)
     agent.intake.close()
     server.shutdown()
     return 0

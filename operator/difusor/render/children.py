@@ -199,6 +199,12 @@ def agent_role(spec: PrepPublicationSpec, target: Target) -> Obj:
                 "resources": ["events"],
                 "verbs": ["create", "patch"],
             },
+            # Visitor statistics: one ConfigMap per pod and hour (agent.stats).
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get", "list", "create", "patch"],
+            },
         ],
     }
 
@@ -395,7 +401,8 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
         "name": "agent",
         "image": image,
         "args": ["agent"],
-        # The agent reloads nginx (SIGHUP, through the shared /tmp pid file) for the deny list.
+        # The agent signals nginx (shared /tmp pid file): SIGHUP to reload the deny list,
+        # SIGUSR1 to reopen the access log it rotated.
         "env": [*_env(target), {"name": "DIFUSOR_NGINX_PID_FILE", "value": "/tmp/nginx.pid"}],
         "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         "startupProbe": _startup_probe({"httpGet": {"path": "/healthz", "port": "agent"}}),
@@ -444,7 +451,7 @@ def pod_template(spec: PrepPublicationSpec, target: Target) -> Obj:
         "spec": {
             "serviceAccountName": names.agent,
             "enableServiceLinks": False,
-            # The agent signals nginx (reload for the automatic deny list).
+            # The agent signals nginx: reload for the deny list, reopen of the rotated access log.
             "shareProcessNamespace": True,
             "terminationGracePeriodSeconds": 30,
             "securityContext": {

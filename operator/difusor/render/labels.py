@@ -19,6 +19,11 @@ ATTACK_ANNOTATION = f"{GROUP}/attack"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 GENERATED_ANNOTATION = f"{GROUP}/generated"
 
+#: Visitor statistics: ConfigMaps of component `statistics`, one per pod and hour (agent.stats).
+STATS_COMPONENT = "statistics"
+STATS_POD_LABEL = f"{GROUP}/pod"
+STATS_HOUR_LABEL = f"{GROUP}/hour"
+
 FIELD_MANAGER = "difusor"
 FINALIZER = f"{GROUP}/finalizer"
 

@@ -1,0 +1,1 @@
+"""The memoria técnica and the service diagram: what a difusor hands to the institute."""
