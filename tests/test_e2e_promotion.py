@@ -336,4 +336,4 @@ def test_an_operator_killed_mid_promotion_resumes_from_status(
         "--field-selector",
         f"involvedObject.name={PUB}",
     )
-    assert "StageTimeout" in events
+    assert "StageTimeout" in events, events
