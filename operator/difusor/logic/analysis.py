@@ -55,7 +55,7 @@ def cut_rows(cuts: Sequence[Obj], *, start: datetime, end: datetime) -> list[Cut
                 received=received,
                 verified=_time(status.get("verifiedAt")),
                 live=_time(status.get("servingAt")),
-                purged=_time(status.get("purgedAt")),
+                purged=_time((status.get("purge") or {}).get("completedAt")),
                 reason=status.get("reason"),
             )
         )
