@@ -21,6 +21,7 @@ declare -A want=(
   [runc]=runc
   [nft]=nftables
   [socat]=socat
+  [ip]=iproute2
   [goaccess]=goaccess
   [dot]=graphviz
   [pdftoppm]=poppler-utils
