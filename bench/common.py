@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import REPO, OperatorProcess, kubectl
+from tests.conftest import REPO, OperatorProcess, install_crds
 
 BENCH_CLUSTER = "difusor-bench"
 
@@ -42,13 +42,7 @@ def operator_on_a_cluster() -> Iterator[Bench]:
     work = Path(tempfile.mkdtemp(prefix="difusor-bench-"))
     operator = OperatorProcess(kubeconfig, work / "operator.log")
     try:
-        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        kubectl(
-            kubeconfig,
-            "wait",
-            "--for=condition=Established",
-            "crd/preppublications.prep.difusor.io",
-        )
+        install_crds(kubeconfig)
         operator.start()
         yield Bench(kubeconfig, operator, work)
     finally:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.archives import make_zip, site_files  # noqa: E402
-from tests.conftest import kubectl  # noqa: E402
+from tests.conftest import install_crds, kubectl  # noqa: E402
 from tests.hostpods import host_public_key, served_cut, sftp_put  # noqa: E402
 
 CACHE = Path(os.environ.get("DIFUSOR_CACHE", str(Path.home() / ".cache" / "difusor")))
@@ -92,10 +92,7 @@ def up() -> int:
         text=True,
     ).stdout.strip()
     env = {**os.environ, "KUBECONFIG": kubeconfig, "DIFUSOR_KUBECONFIG": kubeconfig}
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(
-        kubeconfig, "wait", "--for=condition=Established", "crd/preppublications.prep.difusor.io"
-    )
+    install_crds(kubeconfig)
     kubectl(kubeconfig, "create", "namespace", NAMESPACE, check=False)
     key = STATE / "uploader"
     if not key.exists():

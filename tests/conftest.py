@@ -109,12 +109,31 @@ def kubectl(kubeconfig: str, *args: str, check: bool = True, stdin: str | None =
 @pytest.fixture(scope="session")
 def crds(kubeconfig: str) -> str:
     """The difusor CRDs installed (from crds/) and Established."""
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(
-        kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/preppublications.prep.difusor.io", "crd/prepcuts.prep.difusor.io",
-    )  # fmt: skip
+    install_crds(kubeconfig)
     return kubeconfig
+
+
+def install_crds(kubeconfig: str) -> None:
+    """Applies crds/ and waits until every one of them is Established.
+
+    Polled rather than `kubectl wait`: on a CRD created a moment ago, before the API server has
+    written its status, `kubectl wait --for=condition` fails at once (".status.conditions accessor
+    error") instead of waiting.
+    """
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    names = [
+        f"crd/{yaml.safe_load(path.read_text())['metadata']['name']}"
+        for path in sorted((REPO / "crds").glob("*.yaml"))
+    ]
+    established = "{range .items[*]}{.status.conditions[?(@.type=='Established')].status} {end}"
+    wait_for(
+        "the difusor CRDs Established",
+        lambda: (
+            kubectl(kubeconfig, "get", *names, "-o", f"jsonpath={established}").split()
+            == ["True"] * len(names)
+        ),
+        timeout=60,
+    )
 
 
 @pytest.fixture
