@@ -316,14 +316,15 @@ class StatsShipper:
 
     def _rotate_or_clean(self) -> None:
         rotated = next((f for f in self.files if f.path.name == ROTATED_NAME), None)
-        live = next((f for f in self.files if f.path.name == LOG_NAME), None)
         if rotated is not None:
             waited = (
                 self.signalled_at is None
                 or time.monotonic() - self.signalled_at > REOPEN_GRACE_SECONDS
             )
-            if live is None:
+            if not (self.log_dir / LOG_NAME).exists():
                 # nginx has not reopened yet (or the agent stopped between rename and signal).
+                # Once it has, the new file may stay empty for long (no reader after the
+                # rotation): the rotated one goes anyway, it gets no more lines.
                 if waited:
                     self._signal_nginx()
                 return
@@ -333,6 +334,7 @@ class StatsShipper:
                 self.signalled_at = None
                 log.info("Removed %s of pod %s (read and shipped)", rotated.path.name, self.pod)
             return
+        live = next((f for f in self.files if f.path.name == LOG_NAME), None)
         if live is not None and live.offset >= self.rotate_bytes and self._consumed(live):
             if self._nginx_pid() is None:
                 log.warning("Not rotating %s: no nginx pid in %s", live.path, self.nginx_pid_file)

@@ -1,0 +1,100 @@
+"""The agent's log rotation against a real nginx and the real API, one pass at a time."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from difusor.agent.stats import LOG_NAME, ROTATED_NAME, StatsShipper, read_hour
+from difusor.models import GROUP, VERSION
+
+from .conftest import kubectl, wait_for
+from .nginxproc import Site, make_spec, running_nginx
+
+pytestmark = pytest.mark.e2e
+
+PUB = "prep-rotation"
+POD = "web-0"
+
+
+def _publication(kubeconfig: str, namespace: str) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PrepPublication",
+        "metadata": {"name": PUB, "namespace": namespace},
+        "spec": {
+            "host": "prep.example.mx",
+            "sftp": {"authorizedKeysSecret": "iem-keys"},
+            "statistics": {"logRotateSize": "4Ki", "shipIntervalSeconds": 1},
+        },
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
+
+
+def _shipped_requests(api: object, namespace: str) -> int:
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(api)
+    now = int(time.time()) // 3600 * 3600
+    total = 0
+    for hour in (now - 3600, now, now + 3600):
+        stats = read_hour(core, namespace=namespace, pod=POD, hour=hour)
+        if stats is not None:
+            total += sum(m.requests for m in stats.minutes.values())
+    return total
+
+
+def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
+    crds: str, api: object, namespace: str, tmp_path: Path
+) -> None:
+    """The last requests of the night fill the log past its rotation size; then nobody comes.
+
+    nginx reopens an empty access.log; the rotated file must still be removed once read and
+    shipped, and every request counted once.
+    """
+    _publication(crds, namespace)
+    site = Site(tmp_path / "content")
+    site.add_version("20240602_2000")
+    site.activate("20240602_2000")
+    workdir = tmp_path / "nginx"
+    with running_nginx(make_spec(), workdir=workdir, content=site.root) as server:
+        logs = workdir / "logs"
+        sent = 40  # about 300 bytes a line: well past 4 KiB
+        client = server.client("127.0.0.9")
+        try:
+            for index in range(sent):
+                assert client.request(f"/json/main.json?n={index}").status == 200
+        finally:
+            client.close()
+        # nginx writes its buffered lines within a second (flush=1s).
+        wait_for(
+            "every request in the access log",
+            lambda: (logs / LOG_NAME).read_bytes().count(b"\n") == sent,
+            timeout=30,
+        )
+        shipper = StatsShipper(
+            api,  # type: ignore[arg-type]
+            namespace=namespace,
+            publication=PUB,
+            pod=POD,
+            log_dir=logs,
+            nginx_pid_file=workdir / "run" / "nginx.pid",
+        )
+        assert shipper.step() == sent
+        assert (logs / ROTATED_NAME).exists(), "read and shipped past 4Ki: rotated"
+        wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
+        assert (logs / LOG_NAME).stat().st_size == 0
+
+        def removed() -> bool:
+            shipper.step()
+            return not (logs / ROTATED_NAME).exists()
+
+        wait_for("the rotated log removed with no request after it", removed, timeout=30)
+        assert (logs / LOG_NAME).stat().st_size == 0
+        assert server.get("/index.html").status == 200  # still logging, to the new file
+        wait_for("the next request logged", lambda: (logs / LOG_NAME).stat().st_size > 0)
+    shipper.step()
+    assert _shipped_requests(api, namespace) == sent + 1
