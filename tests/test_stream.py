@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import zipfile
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from difusor.ingest import stream
 from difusor.ingest.scan import Intake
 from difusor.ingest.store import Store, Stored
 from difusor.models import IngestSpec
@@ -25,8 +27,14 @@ PIECE = 4096
 
 
 def big_site() -> dict[str, bytes]:
-    """A site with enough actas that its archive spans several reads and blocks."""
-    return site_files(cut=CUT, actas=20000) | site_files(cut=CUT, actas=3000, seed=7)
+    """A site with enough actas that its archive spans several reads and blocks, and one member
+    too big to be handed to the writers whole (it is inflated as it arrives)."""
+    noise = random.Random(5).randbytes(stream.DEFER_LIMIT + (1 << 20))
+    return (
+        site_files(cut=CUT, actas=20000)
+        | site_files(cut=CUT, actas=3000, seed=7)
+        | {"data/fotos.bin": noise}
+    )
 
 
 def reference(tmp_path: Path, archive: Path) -> Stored:
@@ -53,8 +61,16 @@ def upload_in_pieces(data: bytes, partial: Path, final: Path, started: threading
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz", "tar"])
 def test_upload_followed_while_it_grows_is_stored_as_the_ordinary_path_stores_it(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    finished: list[stream.Prepared | None] = []
+    finish = stream.Prefetch.finish
+
+    def spy(self: stream.Prefetch, path: Path) -> stream.Prepared | None:
+        finished.append(finish(self, path))
+        return finished[-1]
+
+    monkeypatch.setattr(stream.Prefetch, "finish", spy)
     store = Store(tmp_path / "prep")
     store.recover()
     name = f"{CUT}_PREP.{kind}"
@@ -91,6 +107,8 @@ def test_upload_followed_while_it_grows_is_stored_as_the_ordinary_path_stores_it
         writer.join(60)
         intake.close()
     assert isinstance(outcome, Stored)
+    [prepared] = finished
+    assert prepared is not None, "the prefetch gave up: the ordinary path stored it"
     assert outcome.manifest_digest == expected.manifest_digest
     assert outcome.archive_sha256 == expected.archive_sha256
     assert outcome.files == expected.files

@@ -3,9 +3,10 @@
 A `Prefetch` follows one file of incoming/ as the sftp server writes it. One thread reads the
 new bytes as they land (SHA-256 of the whole, CRC-32 of every 4 MiB block); another parses them
 as the archive they will be (a zip's local headers front to back, a tar or tar.gz as a stream)
-and hands every member to the store's writer, which hashes it and writes or links it into a
-work directory. Both spend their time in hashlib, zlib and the file system, which release the
-GIL, so they run beside each other and beside sshd.
+and hands every member to the store's writers, which hash it and write or link it into a work
+directory. A zip member's compressed bytes go to the writers whole, so that several members are
+inflated at once (inflating is most of the work). All of them spend their time in hashlib, zlib
+and the file system, which release the GIL, so they run beside each other and beside sshd.
 
 When the upload is complete, `finish` reads the final file once more, two blocks at a time,
 to confirm that its bytes are the ones that were parsed (a client may write out of order or
@@ -63,6 +64,13 @@ POLL = 0.005
 QUEUE_CHUNKS = 16
 #: Members up to this size go to the writer's thread whole; larger ones are written in line.
 HANDED_OVER = 1 << 20
+#: Zip members whose compressed data is at most this big are read whole as they arrive and
+#: inflated, checked, hashed and written by the writers, several at once (zlib and hashlib
+#: release the GIL); the compressed bytes waiting for a writer are bounded by DEFERRED_BYTES.
+DEFER_LIMIT = 8 << 20
+DEFERRED_BYTES = 64 << 20
+#: Writer threads: inflating is what an upload's extraction spends most of its time on.
+WRITERS = max(2, min(4, os.cpu_count() or 1))
 _LOCAL = struct.Struct("<4s2B4HL2L2H")
 _LOCAL_SIG = b"PK\x03\x04"
 _CENTRAL_SIGS = (b"PK\x01\x02", b"PK\x05\x06")
@@ -244,7 +252,7 @@ class _Arrival:
 class _ZipData:
     """One zip member's data (stored or deflated), decompressed as it is read and checked."""
 
-    def __init__(self, source: _Arrival, entry: LocalEntry) -> None:
+    def __init__(self, source: _Arrival | io.BytesIO, entry: LocalEntry) -> None:
         self.source = source
         self.entry = entry
         self.left = entry.compressed
@@ -296,6 +304,14 @@ class _ZipData:
         trailing = self.pending or (self.inflate.unused_data if self.inflate else b"")
         if self.left or trailing or self.out != self.entry.size or self.crc != self.entry.crc:
             raise Abandoned(f"{self.entry.name} does not match its local header")
+
+
+class _Deferred(_ZipData):
+    """A zip member whose compressed bytes were read whole: any writer inflates and checks it."""
+
+    def __init__(self, raw: bytes, entry: LocalEntry) -> None:
+        super().__init__(io.BytesIO(raw), entry)
+        self.held = len(raw)
 
 
 class Prefetch:
@@ -384,23 +400,35 @@ class Prefetch:
                 if self.format == "zip"
                 else self._tar_members(gzipped=self.format == "tar.gz")
             )
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pending: deque[Future[None]] = deque()
+            with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+                pending: deque[tuple[Future[None], int]] = deque()
+                queued = 0
                 for member in members:
                     target = tree / member.path
-                    if member.size > HANDED_OVER:
-                        while pending:
-                            pending.popleft().result()
+                    if isinstance(member.stream, _Deferred):
+                        # Inflated, checked, hashed and written there, by several writers.
+                        held = member.stream.held
+                        pending.append((pool.submit(self._write_deferred, member, target), held))
+                    elif member.size > HANDED_OVER:
+                        for future, _ in pending:
+                            future.result()
+                        pending.clear()
+                        queued = 0
                         self._write(member, target)
                         continue
-                    # Decompressed here, hashed and written there: the two overlap.
-                    data = member.stream.read()
-                    whole = Member(member.path, len(data), member.mtime, io.BytesIO(data))
-                    pending.append(pool.submit(self._write, whole, target))
-                    while len(pending) > QUEUE_CHUNKS:
-                        pending.popleft().result()
-                while pending:
-                    pending.popleft().result()
+                    else:
+                        # Decompressed here, hashed and written there: the two overlap.
+                        data = member.stream.read()
+                        whole = Member(member.path, len(data), member.mtime, io.BytesIO(data))
+                        held = len(data)
+                        pending.append((pool.submit(self._write, whole, target), held))
+                    queued += held
+                    while len(pending) > QUEUE_CHUNKS * WRITERS or queued > DEFERRED_BYTES:
+                        future, held = pending.popleft()
+                        future.result()
+                        queued -= held
+                for future, _ in pending:
+                    future.result()
             # Whatever follows the entries (a zip's central directory) is hashed too.
             while self.arrival.read(CHUNK):
                 pass
@@ -410,6 +438,11 @@ class Prefetch:
 
     def _write(self, member: Member, target: Path) -> None:
         self.extracted[member.path] = self.write(member, target)
+
+    def _write_deferred(self, member: Member, target: Path) -> None:
+        entry = self.write(member, target)
+        cast(_Deferred, member.stream).close()
+        self.extracted[member.path] = entry
 
     def _tar_members(self, *, gzipped: bool) -> Iterator[Member]:
         source = cast(IO[bytes], self.arrival)
@@ -449,6 +482,10 @@ class Prefetch:
                 self.recorder.add_dir(path)
                 continue
             self.recorder.add_file(path, size)
+            if compressed <= DEFER_LIMIT:
+                deferred = _Deferred(source.exactly(compressed), entry)
+                yield Member(path, size, 0.0, cast(IO[bytes], deferred))
+                continue
             data = _ZipData(source, entry)
             yield Member(path, size, 0.0, cast(IO[bytes], data))
             data.close()
