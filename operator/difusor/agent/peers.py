@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from difusor.ingest.store import Store, fsync_dir, remove, syncfs, write_json
+from difusor.ingest.store import Store, fsync_dir, remove, start_writeback, syncfs, write_json
 from difusor.logic.archive import META_DIR, ManifestEntry, manifest_entries, member_path
 from difusor.logic.cuts import WORK_SUFFIX
 
@@ -258,6 +258,8 @@ def _receive(stream: IO[bytes], work: Path, needed: dict[str, ManifestEntry]) ->
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
+                out.flush()
+                start_writeback(out.fileno())
             if digest.hexdigest() != entry.sha256 or size != entry.size:
                 raise PeerError(f"peer sent {path} with other content than its manifest says")
             os.utime(target, (info.mtime, info.mtime))
