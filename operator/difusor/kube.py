@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +26,22 @@ ObjectKey = tuple[str, str, str | None, str]
 #: How long the list of served API groups is reused: an API installed later (Gateway, Traefik,
 #: cert-manager) is seen within this time.
 CAPABILITIES_TTL = 60.0
+#: How far the API server's clock may be behind the operator's when the operator tells, on its
+#: first apply of an object, whether the apply changed it.
+CLOCK_SLACK = 5.0
 
 
 def _key(obj: Obj) -> ObjectKey:
     meta = obj["metadata"]
     return (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+
+
+def _seconds(timestamp: str) -> float:
+    """An RFC 3339 time as the API server writes it, in seconds since the epoch (0 if none)."""
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _digest(obj: Obj) -> str:
@@ -62,6 +74,8 @@ class Cluster:
         self._capabilities: tuple[float, frozenset[str]] | None = None
         self._applied: dict[ObjectKey, tuple[str, str, str]] = {}
         self._present: set[ObjectKey] = set()
+        self._resources: dict[tuple[str, str], tuple[float, Any | None]] = {}
+        self._started = time.time()
 
     @property
     def dynamic(self) -> DynamicClient:
@@ -73,14 +87,20 @@ class Cluster:
 
     def resource(self, api_version: str, kind: str) -> Any | None:
         """The API resource of a kind, or None when the cluster does not serve it."""
+        found = self._resources.get((api_version, kind))
+        if found is not None and (found[1] is not None or time.monotonic() < found[0]):
+            return found[1]
         dynamic = self.dynamic
         # A miss makes the dynamic client invalidate and refetch its discovery cache, which other
-        # handler threads would read half-built: look-ups go one at a time.
+        # handler threads would read half-built: look-ups go one at a time. A kind not served is
+        # asked for again after CAPABILITIES_TTL (an API installed later is found then).
         with self._lock:
             try:
-                return dynamic.resources.get(api_version=api_version, kind=kind)
+                res = dynamic.resources.get(api_version=api_version, kind=kind)
             except ResourceNotFoundError:
-                return None
+                res = None
+            self._resources[(api_version, kind)] = (time.monotonic() + CAPABILITIES_TTL, res)
+            return res
 
     def capabilities(self) -> frozenset[str]:
         """Group versions the cluster serves (optional APIs: Gateway, Traefik, cert-manager)."""
@@ -98,12 +118,15 @@ class Cluster:
     def apply(self, obj: Obj, *, if_changed: bool = False) -> str:
         """Server-side apply one object; returns created, updated or unchanged.
 
-        The object is read before the apply only the first time this process applies it. After
-        that, what changed is told from the answer: the uid (recreated), the digest of what is
-        sent (the operator wants something else) and the time of the operator's managedFields
-        entry, which moves only when the apply changed a field (a hand edit undone), not when
-        a controller writes the status. With `if_changed`, an object applied before exactly as
-        it is wanted now is not sent (a hand edit stays until an apply without it).
+        What changed is told from the answer, with no read before it: the uid (recreated), the
+        digest of what is sent (the operator wants something else) and the time of the
+        operator's managedFields entry, which moves only when the apply changed a field (a hand
+        edit undone), not when a controller writes the status. The first time this process
+        applies an object, it was created when that entry has the object's creation time (to
+        the second), and
+        updated when the entry is newer than this process (less CLOCK_SLACK). With
+        `if_changed`, an object applied before exactly as it is wanted now is not sent (a hand
+        edit stays until an apply without it).
         """
         key = _key(obj)
         digest = _digest(obj)
@@ -114,13 +137,6 @@ class Cluster:
         if res is None:
             raise LookupError(f"{obj['kind']} ({obj['apiVersion']}) is not served by this cluster")
         meta = obj["metadata"]
-        before: str | None = None
-        if known is None:
-            try:
-                found = self.dynamic.get(res, name=meta["name"], namespace=meta.get("namespace"))
-                before = found.metadata.resourceVersion
-            except NotFoundError:
-                before = None
         after = self.dynamic.server_side_apply(
             res,
             body=obj,
@@ -139,9 +155,11 @@ class Cluster:
         )
         self._applied[key] = (digest, after.uid, applied_at)
         if known is None:
-            if before is None:
+            applied = _seconds(applied_at)
+            # Both times are taken by the API server within the create (whole seconds).
+            if applied - _seconds(str(after.creationTimestamp)) <= 1:
                 return "created"
-            return "updated" if after.resourceVersion != before else "unchanged"
+            return "updated" if applied >= self._started - CLOCK_SLACK else "unchanged"
         if known[1] != after.uid:
             return "created"
         if known[0] != digest or known[2] != applied_at:
@@ -180,19 +198,30 @@ class Cluster:
         result: Obj = self.api.sanitize_for_serialization(secret)
         return result
 
-    def create_if_absent(self, obj: Obj, *, if_unknown: bool = False) -> bool:
+    def create_if_absent(
+        self, key: ObjectKey, build: Callable[[], Obj], *, if_unknown: bool = False
+    ) -> bool:
         """Create an object unless one with its name exists (generated Secrets are kept).
 
-        With `if_unknown`, an object this process created or found before is not asked for.
+        `build` makes the object only when it is to be created: generating host keys costs a
+        good part of a second of CPU. With `if_unknown`, an object this process created or
+        found before is not asked for.
         """
-        key = _key(obj)
         if if_unknown and key in self._present:
             return False
-        res = self.resource(obj["apiVersion"], obj["kind"])
+        api_version, kind, namespace, name = key
+        res = self.resource(api_version, kind)
         if res is None:
-            raise LookupError(f"{obj['kind']} is not served by this cluster")
+            raise LookupError(f"{kind} is not served by this cluster")
         try:
-            self.dynamic.create(res, body=obj, namespace=obj["metadata"].get("namespace"))
+            self.dynamic.get(res, name=name, namespace=namespace)
+        except NotFoundError:
+            pass
+        else:
+            self._present.add(key)
+            return False
+        try:
+            self.dynamic.create(res, body=build(), namespace=namespace)
         except k8s.ApiException as exc:
             if exc.status == 409:
                 self._present.add(key)

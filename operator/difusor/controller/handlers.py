@@ -117,7 +117,8 @@ def workload_changed(
         if exc.status == 404:
             return
         raise
-    outcome = reconciler.reconcile(owner)
+    workload = dict(body) if event.get("type") != "DELETED" else None
+    outcome = reconciler.reconcile(owner, workload=workload)
     if outcome.status_patch:
         _patch_status(reconciler, namespace, publication, outcome.status_patch)
 

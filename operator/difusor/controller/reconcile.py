@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -84,12 +85,14 @@ class Reconciler:
             component="difusor-operator",
         )
 
-    def reconcile(self, body: Obj, *, repair: bool = False) -> Outcome:
+    def reconcile(self, body: Obj, *, repair: bool = False, workload: Obj | None = None) -> Outcome:
         """Bring the children of one publication to its spec and compute its status.
 
         Children applied before exactly as they are wanted now are not sent again, and the
         owned children are listed for pruning only when the set wanted changed, unless
         `repair`: then every child is applied (undoing hand edits) and the owned ones listed.
+        A publication never reconciled before (no observedGeneration) has nothing to prune.
+        `workload` is the StatefulSet when the caller has it (a watch event): it is not read.
         """
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
@@ -127,10 +130,16 @@ class Reconciler:
         )
         changes: list[str] = []
         apply_error: str | None = None
-        for secret in (secrets.host_keys_secret, secrets.agent_token_secret):
-            obj = secret(target)
-            if self.cluster.create_if_absent(obj, if_unknown=not repair):
-                changes.append(f"created Secret {obj['metadata']['name']}")
+        names = Names(name)
+        for build, secret_name in (
+            (secrets.host_keys_secret, names.host_keys),
+            (secrets.agent_token_secret, names.agent_token),
+        ):
+            key = ("v1", "Secret", namespace, secret_name)
+            if self.cluster.create_if_absent(
+                key, functools.partial(build, target), if_unknown=not repair
+            ):
+                changes.append(f"created Secret {secret_name}")
 
         desired = render_all(spec, target)
         for obj in desired:
@@ -145,7 +154,11 @@ class Reconciler:
             if what != "unchanged":
                 changes.append(f"{what} {kind} {child}")
         wanted = frozenset((o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in desired)
-        if repair or apply_error or self._pruned.get((namespace, name)) != wanted:
+        if "observedGeneration" not in status and not repair and not apply_error:
+            # New: children of an earlier publication of this name belong to its uid, and the
+            # garbage collector removes them (the repair timer prunes anyway).
+            self._pruned[(namespace, name)] = wanted
+        elif repair or apply_error or self._pruned.get((namespace, name)) != wanted:
             changes.extend(self._prune(desired, namespace=namespace, publication=name))
             if not apply_error:
                 self._pruned[(namespace, name)] = wanted
@@ -159,7 +172,7 @@ class Reconciler:
         if apply_error:
             self.event(body, reason="ApplyFailed", message=apply_error, warning=True)
 
-        sts = self._statefulset(Names(name).web, namespace)
+        sts = workload if workload is not None else self._statefulset(names.web, namespace)
         sts_status = (sts or {}).get("status") or {}
         active = (status.get("activeCut") or {}).get("id")
         rollout = status.get("rollout") or {}
