@@ -16,19 +16,20 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import aiohttp
 import requests
-from akamai.edgegrid import EdgeGridAuth
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from difusor.cdn.client import Answer, PurgeError, Tally, send
 from difusor.logic.purge import CAPS, Backoff, Plan, batches
+
+if TYPE_CHECKING:  # the signers are imported when a purge needs them (tens of MB otherwise)
+    from akamai.edgegrid import EdgeGridAuth
+    from botocore.credentials import Credentials
 
 #: Requests in flight at once for providers that take one URL a request (Fastly, Varnish).
 CONCURRENCY = 16
@@ -205,6 +206,8 @@ async def akamai(
     else:
         (host,) = _need(secret, "host")
         base = f"https://{host.removeprefix('https://').rstrip('/')}"
+    from akamai.edgegrid import EdgeGridAuth
+
     auth = EdgeGridAuth(client_token, client_secret, access_token)
     action = "invalidate" if site.soft else "delete"
     caps = CAPS["akamai"]
@@ -235,6 +238,9 @@ def sigv4_headers(
     credentials: Credentials, method: str, url: str, headers: dict[str, str], body: bytes
 ) -> dict[str, str]:
     """The headers of a request signed by botocore's SigV4 signer for CloudFront (us-east-1)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
     request = AWSRequest(method=method, url=url, data=body, headers=headers)
     SigV4Auth(credentials, "cloudfront", "us-east-1").add_auth(request)
     return dict(request.headers.items())
@@ -267,6 +273,8 @@ async def cloudfront(
 ) -> Tally:
     """POST /2020-05-31/distribution/{id}/invalidation, SigV4, CallerReference from the cut."""
     access, secret_key = _need(secret, "aws_access_key_id", "aws_secret_access_key")
+    from botocore.credentials import Credentials
+
     credentials = Credentials(access, secret_key, secret.get("aws_session_token") or None)
     base = _base(site, "https://cloudfront.amazonaws.com")
     url = f"{base}/2020-05-31/distribution/{site.zone}/invalidation"
