@@ -231,6 +231,16 @@ class Cluster:
         return True
 
 
+def list_pods(api: k8s.ApiClient, namespace: str, selector: str) -> list[Obj]:
+    """Pods as the API sends them (dicts, camelCase): building V1Pod models costs more CPU than
+    everything else a promotion step does."""
+    response = k8s.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=selector, _preload_content=False
+    )
+    items: list[Obj] = json.loads(response.data).get("items") or []
+    return items
+
+
 def publication_event(
     api: k8s.ApiClient,
     *,

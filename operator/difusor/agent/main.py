@@ -34,7 +34,7 @@ from difusor.agent.stats import StatsShipper, run_loop
 from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake
 from difusor.ingest.store import Quarantined, Store, Stored, remove
-from difusor.kube import api_client
+from difusor.kube import api_client, list_pods
 from difusor.logic.archive import ManifestEntry
 from difusor.logic.cuts import parse_cut
 from difusor.logic.window import uploads_refused
@@ -293,21 +293,21 @@ class Agent:
         The pod that received the upload comes last unless it is the only one: every other pod
         starts out fetching from it, and those that have staged since take part of its load.
         """
-        pods = self.core.list_namespaced_pod(
-            self.config.namespace, label_selector=selector_string(self.config.publication)
-        ).items
+        pods = list_pods(self.api, self.config.namespace, selector_string(self.config.publication))
         found: list[tuple[bool, float, str]] = []
         for pod in pods:
-            if pod.metadata.name == self.config.pod or not pod.status.pod_ip:
+            name = pod["metadata"]["name"]
+            ip = (pod.get("status") or {}).get("podIP")
+            if name == self.config.pod or not ip:
                 continue
-            notes = pod.metadata.annotations or {}
+            notes = pod["metadata"].get("annotations") or {}
             has = (
                 cut in (notes.get(STAGED_ANNOTATION) or "").split(",")
                 or notes.get(ACTIVE_ANNOTATION) == cut
             )
-            if pod.metadata.name == prefer or has:
-                url = f"http://{pod.status.pod_ip}:{self.config.port}"
-                found.append((pod.metadata.name == prefer, random.random(), url))
+            if name == prefer or has:
+                url = f"http://{ip}:{self.config.port}"
+                found.append((name == prefer, random.random(), url))
         return [url for _, _, url in sorted(found)]
 
     def _watch_traffic(

@@ -11,7 +11,7 @@ from kubernetes import client as k8s
 
 from difusor.controller.incidents import Incidents
 from difusor.controller.purge import PodAddress, Purger, cut_purge_patch, summary
-from difusor.kube import publication_event
+from difusor.kube import list_pods, publication_event
 from difusor.logic.conditions import PURGE_FAILED_REASON, set_condition
 from difusor.logic.promotion import (
     COMMITTED,
@@ -167,25 +167,11 @@ class Promoter:
         meta = publication["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         status = publication.get("status") or {}
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector_string(name)).items
+        pods = list_pods(self.api, namespace, selector_string(name))
         cuts_raw = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, "prepcuts", label_selector=f"{PUBLICATION_LABEL}={name}"
         ).get("items", [])
-        views = tuple(
-            PodView(
-                name=p.metadata.name,
-                staged=frozenset(
-                    c
-                    for c in ((p.metadata.annotations or {}).get(STAGED_ANNOTATION) or "").split(
-                        ","
-                    )
-                    if c
-                ),
-                active=(p.metadata.annotations or {}).get(ACTIVE_ANNOTATION) or None,
-                serving=p.metadata.deletion_timestamp is None and bool(p.status.pod_ip),
-            )
-            for p in pods
-        )
+        views = tuple(_pod_view(p) for p in pods)
         cuts = tuple(
             CutView(
                 id=c["spec"]["id"],
@@ -211,7 +197,7 @@ class Promoter:
         if decision.purge:
             # Pods serving the target first: they surely hold it.
             addresses = sorted(
-                (PodAddress(p.metadata.name, p.status.pod_ip) for p in pods if p.status.pod_ip),
+                (PodAddress(p["metadata"]["name"], _pod_ip(p)) for p in pods if _pod_ip(p)),
                 key=lambda a: next(
                     (v.active != decision.purge for v in views if v.name == a.name), True
                 ),
@@ -461,3 +447,18 @@ class Promoter:
                 GROUP, VERSION, namespace, "prepcuts", cut_object_name(publication, cut_id),
                 {"status": {"pods": changed}},
             )  # fmt: skip
+
+
+def _pod_ip(pod: Obj) -> str:
+    return str((pod.get("status") or {}).get("podIP") or "")
+
+
+def _pod_view(pod: Obj) -> PodView:
+    meta = pod["metadata"]
+    notes = meta.get("annotations") or {}
+    return PodView(
+        name=meta["name"],
+        staged=frozenset(c for c in (notes.get(STAGED_ANNOTATION) or "").split(",") if c),
+        active=notes.get(ACTIVE_ANNOTATION) or None,
+        serving=meta.get("deletionTimestamp") is None and bool(_pod_ip(pod)),
+    )
