@@ -28,17 +28,20 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from difusor.agent.sftpserver import prepare_host_keys
 from difusor.render.files import SSHD_RUNTIME_DIR
 
-from .conftest import require_binary, token_kubeconfig
+from .conftest import kubectl, require_binary, token_kubeconfig
 from .sshdproc import _run_as
 
 log = logging.getLogger("hostpods")
@@ -570,9 +573,79 @@ def dump_logs(harness: Harness) -> str:
     return "\n".join(out)
 
 
+#: What every e2e publication on host pods has unless its test says otherwise: three pods, the
+#: uploader's key in Secret iem-keys, and limits far over what one loopback reader sends.
+BASE_SPEC: dict[str, object] = {
+    "host": "prep.example.mx",
+    "replicas": 3,
+    "sftp": {"authorizedKeysSecret": "iem-keys"},
+    "promotion": {"stageTimeoutSeconds": 20, "minReadyReplicas": 2},
+    "rateLimit": {"requestsPerSecond": 10000, "burst": 10000, "connections": 1000},
+}
+
+
+@dataclass
+class Stage:
+    """A namespace with the host-pod harness running, an uploader key and a publication."""
+
+    kubeconfig: str
+    namespace: str
+    harness: Harness
+    work: Path
+    key: Path
+    """The uploader's private key (its public half is in Secret iem-keys)."""
+
+
+@contextlib.contextmanager
+def hostpod_publication(
+    kubeconfig: str,
+    work: Path,
+    *,
+    prefix: str,
+    name: str,
+    spec: Mapping[str, object],
+    objects: tuple[dict[str, object], ...] = (),
+    volume_size: str | None = None,
+) -> Iterator[Stage]:
+    """A new namespace, host pods, the uploader's key and the publication `name` (BASE_SPEC with
+    `spec`'s top-level fields over it), applied with `objects`; the pods' logs are printed and
+    everything is stopped and deleted at the end."""
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kubectl(kubeconfig, "create", "namespace", namespace)
+    harness = Harness(kubeconfig, namespace=namespace, volume_size=volume_size)
+    harness.start()
+    try:
+        key = work / "uploader"
+        subprocess.run(
+            [require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+            check=True,
+        )
+        kubectl(kubeconfig, "-n", namespace, "create", "secret", "generic", "iem-keys",
+                f"--from-file=authorized_keys={key}.pub")  # fmt: skip
+        publication = {
+            "apiVersion": "prep.difusor.io/v1alpha1",
+            "kind": "PrepPublication",
+            "metadata": {"name": name},
+            "spec": {
+                **BASE_SPEC,
+                "scheduling": {"nodeSelector": harness.node_selector},
+                **spec,
+            },
+        }
+        kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-",
+                stdin=yaml.safe_dump_all([*objects, publication]))  # fmt: skip
+        yield Stage(kubeconfig, namespace, harness, work, key)
+    finally:
+        print(dump_logs(harness))
+        if harness.errors:
+            print("harness errors:", harness.errors[-5:])
+        harness.stop()
+        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
 def host_public_key(kubeconfig: str, *, namespace: str, publication: str) -> str:
     """The ed25519 public host key that every pod of the publication presents (waits for it)."""
-    from .conftest import kubectl, wait_for
+    from .conftest import wait_for
 
     def read() -> str | None:
         out = kubectl(

@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 import urllib.parse
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,14 @@ import yaml
 
 from .archives import make_zip, site_files
 from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import _NET, Harness, HostPod, dump_logs, host_public_key, sftp_put
+from .hostpods import (
+    _NET,
+    Harness,
+    HostPod,
+    host_public_key,
+    hostpod_publication,
+    sftp_put,
+)
 from .nginxproc import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -166,38 +172,21 @@ def operator(crds: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
 def site(
     operator: OperatorProcess, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    namespace = f"heal-{uuid.uuid4().hex[:6]}"
-    kubectl(kubeconfig, "create", "namespace", namespace)
-    work = tmp_path_factory.mktemp("heal")
-    harness = Harness(kubeconfig, namespace=namespace)
-    harness.start()
-    key = work / "uploader"
-    subprocess.run(
-        [require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-    )
-    kubectl(kubeconfig, "-n", namespace, "create", "secret", "generic", "iem-keys",
-            f"--from-file=authorized_keys={key}.pub")  # fmt: skip
-    publication = {
-        "apiVersion": "prep.difusor.io/v1alpha1",
-        "kind": "PrepPublication",
-        "metadata": {"name": PUB},
-        "spec": {
-            "host": "prep.example.mx",
-            "replicas": 3,
-            "sftp": {"authorizedKeysSecret": "iem-keys"},
-            "scheduling": {"nodeSelector": harness.node_selector},
-            "promotion": {"stageTimeoutSeconds": 10, "minReadyReplicas": 2},
-            "rateLimit": {"requestsPerSecond": 50, "burst": 50, "connections": 100},
-            "monitoring": {
-                "probe": {"via": "Pods", "intervalSeconds": 1, "timeoutSeconds": 2},
-                "autoDeny": {"ttlSeconds": TTL},
-                "integrityCheckFilesPerMinute": 30000,
-            },
+    spec = {
+        "promotion": {"stageTimeoutSeconds": 10, "minReadyReplicas": 2},
+        "rateLimit": {"requestsPerSecond": 50, "burst": 50, "connections": 100},
+        "monitoring": {
+            "probe": {"via": "Pods", "intervalSeconds": 1, "timeoutSeconds": 2},
+            "autoDeny": {"ttlSeconds": TTL},
+            "integrityCheckFilesPerMinute": 30000,
         },
     }
-    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(publication))
-    site = Site(kubeconfig, namespace, harness, operator, operator.metrics_port, work)  # type: ignore[attr-defined]
-    try:
+    with hostpod_publication(
+        kubeconfig, tmp_path_factory.mktemp("heal"), prefix="heal", name=PUB, spec=spec
+    ) as stage:
+        harness = stage.harness
+        port: int = operator.metrics_port  # type: ignore[attr-defined]
+        site = Site(kubeconfig, stage.namespace, harness, operator, port, stage.work)
         pods = wait_for(
             "3 host pods", lambda: len(harness.running()) == 3 and harness.running(), timeout=180
         )
@@ -208,12 +197,6 @@ def site(
             lambda: (site.status().get("activeCut") or {}).get("id") == FIRST,
         )
         yield site
-    finally:
-        print(dump_logs(harness))
-        if harness.errors:
-            print("harness errors:", harness.errors[-5:])
-        harness.stop()
-        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_the_prober_counts_availability_and_records_an_outage_as_an_incident(site: Site) -> None:

@@ -5,21 +5,18 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from .archives import make_zip, site_files
-from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import Harness, HostPod, dump_logs, host_public_key, sftp_put
+from .conftest import OperatorProcess, kubectl, wait_for
+from .hostpods import Harness, HostPod, dump_logs, host_public_key, hostpod_publication, sftp_put
 
 pytestmark = pytest.mark.e2e
 
@@ -120,46 +117,16 @@ def all_serve(site: Site, cut_id: str, *, timeout: float = 120) -> None:
 def site(
     operator: OperatorProcess, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    namespace = f"e2e-{uuid.uuid4().hex[:6]}"
-    kubectl(kubeconfig, "create", "namespace", namespace)
-    work = tmp_path_factory.mktemp("e2e")
-    harness = Harness(kubeconfig, namespace=namespace)
-    harness.start()
-    key = work / "uploader"
-    subprocess.run(
-        [require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-    )
-    kubectl(kubeconfig, "-n", namespace, "create", "secret", "generic", "iem-keys",
-            f"--from-file=authorized_keys={key}.pub")  # fmt: skip
-    publication = {
-        "apiVersion": "prep.difusor.io/v1alpha1",
-        "kind": "PrepPublication",
-        "metadata": {"name": PUB},
-        "spec": {
-            "host": "prep.example.mx",
-            "replicas": 3,
-            "sftp": {"authorizedKeysSecret": "iem-keys"},
-            "scheduling": {"nodeSelector": harness.node_selector},
-            "promotion": {"stageTimeoutSeconds": 20, "minReadyReplicas": 2},
-            "retention": {"cuts": 5},
-            # The readers below all come from 127.0.0.1: one client, far over a reader's limit.
-            "rateLimit": {"requestsPerSecond": 10000, "burst": 10000, "connections": 1000},
-        },
-    }
-    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(publication))
-
-    public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
-    known_hosts = work / "known_hosts"
-    site = Site(kubeconfig, namespace, harness, key, known_hosts, work, public)
-    try:
-        wait_for("3 host pods", lambda: len(harness.running()) == 3, timeout=180)
-        yield site
-    finally:
-        print(dump_logs(harness))
-        if harness.errors:
-            print("harness errors:", harness.errors[-5:])
-        harness.stop()
-        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+    spec = {"retention": {"cuts": 5}}
+    with hostpod_publication(
+        kubeconfig, tmp_path_factory.mktemp("e2e"), prefix="e2e", name=PUB, spec=spec
+    ) as stage:
+        public = host_public_key(kubeconfig, namespace=stage.namespace, publication=PUB)
+        wait_for("3 host pods", lambda: len(stage.harness.running()) == 3, timeout=180)
+        yield Site(
+            kubeconfig, stage.namespace, stage.harness, stage.key,
+            stage.work / "known_hosts", stage.work, public,
+        )  # fmt: skip
 
 
 def test_a_cut_uploaded_to_one_pod_is_served_by_every_pod(site: Site) -> None:

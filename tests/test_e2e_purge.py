@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +18,16 @@ from difusor.models import PrepPublicationSpec
 
 from .archives import make_zip, site_files
 from .cdnservers import CF_TOKEN, HOST, ZONE, Fake, serving_in_thread
-from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import Harness, HostPod, dump_logs, host_public_key, served_cut, sftp_put
+from .conftest import OperatorProcess, kubectl, wait_for
+from .hostpods import (
+    Harness,
+    HostPod,
+    dump_logs,
+    host_public_key,
+    hostpod_publication,
+    served_cut,
+    sftp_put,
+)
 from .nginxproc import make_spec
 from .varnishproc import Varnish, running_varnish
 
@@ -96,34 +102,15 @@ def purged(setup: Setup, cut_id: str) -> dict[str, Any]:
 def setup(
     operator: OperatorProcess, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
-    namespace = f"cdn-{uuid.uuid4().hex[:6]}"
-    kubectl(kubeconfig, "create", "namespace", namespace)
-    work = tmp_path_factory.mktemp("purge")
-    harness = Harness(kubeconfig, namespace=namespace)
-    harness.start()
-    key = work / "uploader"
-    subprocess.run(
-        [require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-    )
-    kubectl(kubeconfig, "-n", namespace, "create", "secret", "generic", "iem-keys",
-            f"--from-file=authorized_keys={key}.pub")  # fmt: skip
-    publication = {
-        "apiVersion": "prep.difusor.io/v1alpha1",
-        "kind": "PrepPublication",
-        "metadata": {"name": PUB},
-        "spec": {
-            "host": "prep.example.mx",
-            "replicas": 3,
-            "sftp": {"authorizedKeysSecret": "iem-keys"},
-            "scheduling": {"nodeSelector": harness.node_selector},
-            "promotion": {"stageTimeoutSeconds": 20, "minReadyReplicas": 2},
-            "rateLimit": {"requestsPerSecond": 10000, "burst": 10000, "connections": 1000},
-        },
-    }
-    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(publication))
-    public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
-    setup = Setup(kubeconfig, namespace, harness, work, key, work / "known_hosts", public)
-    with contextlib.ExitStack() as stack:
+    with (
+        hostpod_publication(
+            kubeconfig, tmp_path_factory.mktemp("purge"), prefix="cdn", name=PUB, spec={}
+        ) as stage,
+        contextlib.ExitStack() as stack,
+    ):
+        harness, namespace, work = stage.harness, stage.namespace, stage.work
+        public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
+        setup = Setup(kubeconfig, namespace, harness, work, stage.key, work / "known_hosts", public)
         setup.stack = stack
         try:
             wait_for("3 host pods", lambda: len(harness.running()) == 3, timeout=180)
@@ -133,10 +120,7 @@ def setup(
                     "-p", json.dumps({"spec": {"cdn": cdn}}))  # fmt: skip
             yield setup
         finally:
-            print(dump_logs(harness))
             print(operator.log()[-6000:])
-            harness.stop()
-            kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def through_varnish(

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import config as k8s_config
 
 from difusor.cli import main
@@ -32,7 +30,15 @@ from difusor.report.data import gather
 
 from .archives import make_zip, site_files
 from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import Harness, HostPod, dump_logs, host_public_key, served_cut, sftp_put
+from .hostpods import (
+    Harness,
+    HostPod,
+    dump_logs,
+    host_public_key,
+    hostpod_publication,
+    served_cut,
+    sftp_put,
+)
 
 # Setup (three host pods and a cut) and the traffic take minutes on a busy machine.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -211,40 +217,21 @@ def all_counted(site: Site, *, timeout: float = 120) -> None:
 def site(
     operator: OperatorProcess, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    namespace = f"stats-{uuid.uuid4().hex[:6]}"
-    kubectl(kubeconfig, "create", "namespace", namespace)
-    work = tmp_path_factory.mktemp("stats")
-    harness = Harness(kubeconfig, namespace=namespace, volume_size="16m")
-    harness.start()
-    key = work / "uploader"
-    subprocess.run(
-        [require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-    )
-    kubectl(kubeconfig, "-n", namespace, "create", "secret", "generic", "iem-keys",
-            f"--from-file=authorized_keys={key}.pub")  # fmt: skip
-    publication = {
-        "apiVersion": "prep.difusor.io/v1alpha1",
-        "kind": "PrepPublication",
-        "metadata": {"name": PUB},
-        "spec": {
-            "host": "prep.example.mx",
-            "replicas": 3,
-            "storage": {"size": "16Mi"},
-            "sftp": {"authorizedKeysSecret": "iem-keys"},
-            "scheduling": {"nodeSelector": harness.node_selector},
-            "promotion": {"stageTimeoutSeconds": 20, "minReadyReplicas": 2},
-            "retention": {"cuts": 3},
-            "rateLimit": {"requestsPerSecond": 10000, "burst": 10000, "connections": 1000},
-            "statistics": {"logRotateSize": "512Ki", "shipIntervalSeconds": 1},
-        },
+    spec = {
+        "storage": {"size": "16Mi"},
+        "retention": {"cuts": 3},
+        "statistics": {"logRotateSize": "512Ki", "shipIntervalSeconds": 1},
     }
-    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(publication))
-    public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
-    site = Site(
-        kubeconfig, namespace, harness, key, work / "known_hosts", work, public,
-        started=datetime.now(UTC), sent=Sent(),
-    )  # fmt: skip
-    try:
+    with hostpod_publication(
+        kubeconfig, tmp_path_factory.mktemp("stats"), prefix="stats", name=PUB, spec=spec,
+        volume_size="16m",
+    ) as stage:  # fmt: skip
+        harness, namespace, work = stage.harness, stage.namespace, stage.work
+        public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
+        site = Site(
+            kubeconfig, namespace, harness, stage.key, work / "known_hosts", work, public,
+            started=datetime.now(UTC), sent=Sent(),
+        )  # fmt: skip
         wait_for("3 host pods", lambda: len(harness.running()) == 3, timeout=180)
         site.upload(harness.running()[0], "20240602_2020", seed=1)
         wait_for(
@@ -256,10 +243,6 @@ def site(
             timeout=180,
         )
         yield site
-    finally:
-        print(dump_logs(harness))
-        harness.stop()
-        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_every_request_on_every_pod_is_counted_once_in_the_api(site: Site) -> None:

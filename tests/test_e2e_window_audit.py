@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from difusor.audit import audit
 from difusor.cli import main
 from difusor.render.nginx import INTEGRITY_PATH
 
 from .archives import make_zip, site_files
-from .conftest import OperatorProcess, kubectl, require_binary, wait_for
-from .hostpods import Harness, HostPod, dump_logs, host_public_key, sftp_put
+from .conftest import OperatorProcess, kubectl, wait_for
+from .hostpods import Harness, HostPod, host_public_key, hostpod_publication, sftp_put
 
 pytestmark = pytest.mark.e2e
 
@@ -42,12 +39,14 @@ LENGTH = timedelta(seconds=40)
 class Window:
     """The publication, its host pods, its uploader and the window's times."""
 
-    def __init__(self, kubeconfig: str, namespace: str, harness: Harness, work: Path) -> None:
+    def __init__(
+        self, kubeconfig: str, namespace: str, harness: Harness, work: Path, *, start: datetime
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.harness = harness
         self.work = work
-        self.start = datetime.now(UTC).replace(microsecond=0) + LEAD
+        self.start = start
         self.end = self.start + LENGTH
         self.key = work / "uploader"
         self.archives: dict[str, Path] = {}
@@ -110,54 +109,32 @@ def _get(pod: HostPod, path: str) -> tuple[int, dict[str, str], bytes]:
 def window(
     operator: OperatorProcess, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Window]:
-    namespace = f"win-{uuid.uuid4().hex[:6]}"
-    kubectl(kubeconfig, "create", "namespace", namespace)
-    work = tmp_path_factory.mktemp("window")
-    harness = Harness(kubeconfig, namespace=namespace)
-    harness.start()
-    site = Window(kubeconfig, namespace, harness, work)
-    subprocess.run(
-        [require_binary("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(site.key)],
-        check=True,
-    )
-    site.kubectl("create", "secret", "generic", "iem-keys",
-                 f"--from-file=authorized_keys={site.key}.pub")  # fmt: skip
+    start = datetime.now(UTC).replace(microsecond=0) + LEAD
     placeholder = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "prep-placeholder"},
         "data": {"index.html": PLACEHOLDER},
     }
-    publication = {
-        "apiVersion": "prep.difusor.io/v1alpha1",
-        "kind": "PrepPublication",
-        "metadata": {"name": PUB},
-        "spec": {
-            "host": "prep.example.mx",
-            "replicas": 3,
-            "sftp": {"authorizedKeysSecret": "iem-keys"},
-            "scheduling": {"nodeSelector": harness.node_selector},
-            "promotion": {"stageTimeoutSeconds": 20, "minReadyReplicas": 2},
-            "rateLimit": {"requestsPerSecond": 10000, "burst": 10000, "connections": 1000},
-            # The agents' own content check would repair the file altered below (that is
-            # tests/test_e2e_healing.py); here an outside reader must see the alteration.
-            "monitoring": {"integrityCheckFilesPerMinute": 0},
-            "window": {
-                "start": site.start.isoformat(),
-                "end": site.end.isoformat(),
-                "placeholderConfigMap": "prep-placeholder",
-            },
+    spec = {
+        # The agents' own content check would repair the file altered below (that is
+        # tests/test_e2e_healing.py); here an outside reader must see the alteration.
+        "monitoring": {"integrityCheckFilesPerMinute": 0},
+        "window": {
+            "start": start.isoformat(),
+            "end": (start + LENGTH).isoformat(),
+            "placeholderConfigMap": "prep-placeholder",
         },
     }
-    stream = yaml.safe_dump_all([placeholder, publication])
-    site.kubectl("apply", "-f", "-", stdin=stream)
-    try:
-        yield site
-    finally:
-        print(site.events())
-        print(dump_logs(harness))
-        harness.stop()
-        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+    with hostpod_publication(
+        kubeconfig, tmp_path_factory.mktemp("window"), prefix="win", name=PUB, spec=spec,
+        objects=(placeholder,),
+    ) as stage:  # fmt: skip
+        site = Window(kubeconfig, stage.namespace, stage.harness, stage.work, start=start)
+        try:
+            yield site
+        finally:
+            print(site.events())
 
 
 def test_before_the_start_the_pods_are_ready_serving_the_placeholder(window: Window) -> None:
