@@ -66,13 +66,15 @@ up() {
         --wait 120s --timeout 300s >&2
     fi
   fi
-  local have
-  have="$(kctl get nodes -o name 2>/dev/null | wc -l)"
+  # Only kwok's own nodes: a host-pod or real node left by a killed test run stays NotReady and
+  # is not this script's to wait for (a live test run may still own it).
+  local have fake="kwok.x-k8s.io/kwokctl-scale=node"
+  have="$(kctl get nodes -l "$fake" -o name 2>/dev/null | wc -l)"
   if ((have < NODES)); then
     log "scaling to $NODES fake nodes"
     "$BIN/kwokctl" --name "$NAME" scale node --replicas "$NODES" >&2
   fi
-  kctl wait --for=condition=Ready node --all --timeout=120s >/dev/null
+  kctl wait --for=condition=Ready node -l "$fake" --timeout=120s >/dev/null
   log "cluster $NAME ready: $(kctl get nodes -o name | wc -l) nodes, kubeconfig $KUBECONFIG_PATH"
   echo "$KUBECONFIG_PATH"
 }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
-from .conftest import kubectl, token_kubeconfig, wait_for
+from .conftest import REPO, TEST_CLUSTER, kubectl, token_kubeconfig, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -148,3 +150,24 @@ def test_deleting_an_owner_garbage_collects_its_children(kubeconfig: str, namesp
         ),
         timeout=120,
     )
+
+
+def test_cluster_up_ignores_a_node_left_notready_by_a_killed_test_run(kubeconfig: str) -> None:
+    """A killed run leaves its host-pod Node (NotReady for good); the next `up` must not wait
+    on it: before, it timed out after 120 s and every later test of the run failed."""
+    name = f"host-stale-{uuid.uuid4().hex[:6]}"
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"difusor.io/host-pods": name}},
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(node))
+    try:
+        up = subprocess.run(
+            ["bash", str(REPO / "hack" / "cluster.sh"), "up", TEST_CLUSTER],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.strip() == kubeconfig
+    finally:
+        kubectl(kubeconfig, "delete", "node", name, "--wait=false", check=False)
