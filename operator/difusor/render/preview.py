@@ -17,23 +17,11 @@ def _dump(obj: Any) -> str:
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
 
 
-def render_stream(
-    text: str,
-    *,
-    namespace: str | None = None,
-    image: str | None = None,
-    capabilities: list[str] | None = None,
-    now: datetime | None = None,
-) -> str:
-    """Every child of every PrepPublication in `text`, as a YAML stream, in apply order.
-
-    With `now`, a publication with a window gets a comment line saying its phase at that time.
-    """
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    if not docs:
-        raise ValueError("no PrepPublication in the input")
-    out: list[str] = []
-    for doc in docs:
+def read_publications(text: str) -> list[tuple[str, dict[str, Any], PrepPublicationSpec]]:
+    """(name, metadata, validated spec) of every PrepPublication in a YAML text; ValueError on
+    anything else, a missing name, an invalid spec or no publication at all."""
+    out = []
+    for doc in (d for d in yaml.safe_load_all(text) if d):
         if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "PrepPublication":
             raise ValueError(
                 f"expected apiVersion {API_VERSION} kind PrepPublication, got "
@@ -47,6 +35,26 @@ def render_stream(
             spec = PrepPublicationSpec.model_validate(doc.get("spec") or {})
         except ValidationError as exc:
             raise ValueError(f"{name}: invalid spec: {exc}") from exc
+        out.append((name, meta, spec))
+    if not out:
+        raise ValueError("no PrepPublication in the input")
+    return out
+
+
+def render_stream(
+    text: str,
+    *,
+    namespace: str | None = None,
+    image: str | None = None,
+    capabilities: list[str] | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Every child of every PrepPublication in `text`, as a YAML stream, in apply order.
+
+    With `now`, a publication with a window gets a comment line saying its phase at that time.
+    """
+    out: list[str] = []
+    for name, meta, spec in read_publications(text):
         defaults = Target(name=name, namespace="default")
         target = Target(
             name=name,

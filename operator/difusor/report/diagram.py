@@ -7,15 +7,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client as k8s
-from pydantic import ValidationError
 
-from difusor.models import API_VERSION, GROUP, VERSION, PrepPublicationSpec
+from difusor.models import GROUP, VERSION, PrepPublicationSpec
 from difusor.render.children import Target, render_all
 from difusor.render.diagram import ClaimView, PodView, diagram_dot
 from difusor.render.files import config_files
 from difusor.render.labels import ACTIVE_ANNOTATION, selector_string
+from difusor.render.preview import read_publications
 
 Obj = dict[str, Any]
 
@@ -23,26 +22,11 @@ Obj = dict[str, Any]
 def from_file(text: str, *, namespace: str | None = None) -> list[tuple[str, str]]:
     """(name, DOT) of every PrepPublication in a YAML file, from its rendered children."""
     out = []
-    for doc in (d for d in yaml.safe_load_all(text) if d):
-        if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "PrepPublication":
-            raise ValueError(
-                f"expected apiVersion {API_VERSION} kind PrepPublication, got "
-                f"{doc.get('apiVersion')} {doc.get('kind')}"
-            )
-        meta = doc.get("metadata") or {}
-        name = meta.get("name")
-        if not name:
-            raise ValueError("metadata.name is required")
-        try:
-            spec = PrepPublicationSpec.model_validate(doc.get("spec") or {})
-        except ValidationError as exc:
-            raise ValueError(f"{name}: invalid spec: {exc}") from exc
+    for name, meta, spec in read_publications(text):
         ns = meta.get("namespace") or namespace or "default"
         target = Target(name=name, namespace=ns, files=config_files(spec, name=name))
         dot = diagram_dot(name=name, namespace=ns, spec=spec, objects=render_all(spec, target))
         out.append((name, dot))
-    if not out:
-        raise ValueError("no PrepPublication in the input")
     return out
 
 
