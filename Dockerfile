@@ -66,7 +66,7 @@ RUN apt-get update \
 FROM ${BASE_IMAGE} AS nginx-rootfs
 # hadolint ignore=DL3008
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx libnginx-mod-http-lua \
  && rm -rf /var/log/nginx/* /var/lib/nginx/* /etc/nginx/sites-enabled/* \
  && groupadd --gid 10001 prep \
  && useradd --uid 10001 --gid 10001 --home-dir /srv/prep --no-create-home --shell /usr/sbin/nologin prep \
@@ -74,8 +74,9 @@ RUN apt-get update \
  && rm -rf /usr/bin/dpkg* /usr/sbin/dpkg* /usr/bin/apt* /usr/lib/apt /etc/apt /var/lib/apt \
     /var/cache/apt /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
 
-# nginx for the web pods' nginx container, where no registry offers nginx-unprivileged: the same
-# Debian nginx the host-pod tests run, started by the pod's command with the rendered nginx.conf.
+# nginx for the web pods' nginx container: the same Debian nginx the host-pod tests run, with its
+# lua module (the rendered nginx.conf reads `current` with one readlink per request through it),
+# started by the pod's command with the rendered nginx.conf.
 FROM scratch AS nginx
 COPY --from=nginx-rootfs / /
 LABEL org.opencontainers.image.title="difusor-nginx" \

@@ -38,10 +38,11 @@ NOTES = (
     "Accept-Encoding, so neither side gzips. ratio_rps = rendered rps / stock rps; "
     "ratio_cpu_efficiency = stock CPU per request / this config's. The first two ablations "
     "(the rendered config without its access log, without its limits) show what each costs; "
-    "most of the rest is resolving `current` on every request (realpath(): one readlink per path "
-    "component, 5 in the pod, 6 here), the price of swapping cuts without a reload while "
-    "X-Prep-Cut stays true to the body; the third ablation (root written in, as a reload per "
-    "cut would have it) measures that price."
+    "the rest is reading `current` on every request, the price of swapping cuts without a reload "
+    "while X-Prep-Cut stays true to the body: the rendered config reads it with one readlink(2) "
+    "from Lua; the third ablation uses realpath(3) instead (one readlink per path component, "
+    "5 in the pod, 6 here: what an nginx without the lua module gets), and the fourth (root "
+    "written in, as a reload per cut would have it) measures the whole price."
 )
 
 
@@ -152,22 +153,26 @@ def _wrk(url: str, *, duration: int, threads: int, connections: int) -> dict[str
     }
 
 
-def _ablations(rendered: str, content: Path) -> dict[str, str]:
-    """The rendered config, and the same without its access log, without its limits, or with
-    the version's directory written in instead of resolving `current` on every request (what
+def _ablations(rendered: str, realpath: str, content: Path) -> dict[str, str]:
+    """The rendered config, and the same without its access log, without its limits, reading
+    `current` with realpath(3) instead of Lua (what an nginx without the lua module gets), or with
+    the version's directory written in instead of reading `current` on every request (what
     swapping cuts by reloading nginx would cost: the price of swaps without a reload)."""
     no_log = re.sub(r"access_log \S+ prep_json[^;]*;", "access_log off;", rendered)
     no_limits = re.sub(r"\n\s*limit_(req zone=prep_req|conn prep_conn)[^;]*;", "", rendered)
     fixed = rendered.replace(
-        "set $prep_root $prep_realpath;", f"set $prep_root {content}/versions/{CUT};"
+        "set_by_lua_block $prep_current { return prep_current() }",
+        f"set $prep_current {content}/versions/{CUT};",
     )
     assert no_log != rendered
     assert no_limits != rendered
     assert fixed != rendered
+    assert "$realpath_root" in realpath
     return {
         "rendered": rendered,
         "rendered_without_log": no_log,
         "rendered_without_limits": no_limits,
+        "rendered_with_realpath": realpath,
         "rendered_with_fixed_root": fixed,
     }
 
@@ -220,22 +225,26 @@ def main(argv: list[str] | None = None) -> int:
             directory.mkdir()
         _content(content)
         ports = {"stock": _free_port(), "rendered": _free_port()}
-        rendered = render_nginx_conf(
-            spec,
-            content_dir=str(content),
-            run_dir=str(run),
-            access_log=str(logs / "access.log"),
-            listen_addresses=("127.0.0.1",),
-            port=ports["rendered"],
-            user=user,
-            worker_processes=workers,
+        rendered, realpath = (
+            render_nginx_conf(
+                spec,
+                content_dir=str(content),
+                run_dir=str(run),
+                access_log=str(logs / "access.log"),
+                listen_addresses=("127.0.0.1",),
+                port=ports["rendered"],
+                user=user,
+                worker_processes=workers,
+                current_resolver=resolver,
+            )
+            for resolver in ("lua", "realpath")
         )
         texts = {
             "stock": _stock_conf(
                 content=content, run=run, port=ports["stock"], workers=workers, user=user
             )
         }
-        for kind, text in _ablations(rendered, content).items():
+        for kind, text in _ablations(rendered, realpath, content).items():
             if kind != "rendered":
                 ports[kind] = _free_port()
                 text = text.replace(f"127.0.0.1:{ports['rendered']} ", f"127.0.0.1:{ports[kind]} ")

@@ -26,8 +26,9 @@ declare -A want=(
   [dot]=graphviz
   [pdftoppm]=poppler-utils
 )
-# Libraries and fonts (no command to look for): WeasyPrint loads Pango through ffi.
-libs=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core)
+# Libraries, modules and fonts (no command to look for): WeasyPrint loads Pango through ffi.
+# libnginx-mod-http-lua: the rendered nginx.conf reads `current` with it (as in difusor-nginx).
+libs=(libnginx-mod-http-lua libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core)
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${want[$cmd]}")

@@ -238,7 +238,8 @@ def test_the_operator_runs_one_restricted_replica_with_kopfs_liveness(helm: Helm
     assert {v["name"]: v for v in pod["volumes"]}["tmp"]["emptyDir"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["DIFUSOR_IMAGE"] == container["image"] == "ghcr.io/difusor/difusor:0.1.0"
-    assert env["DIFUSOR_NGINX_IMAGE"] == "docker.io/nginxinc/nginx-unprivileged:1.27-alpine"
+    assert env["DIFUSOR_NGINX_IMAGE"] == "ghcr.io/difusor/difusor-nginx:0.1.0"
+    assert env["DIFUSOR_NGINX_RESOLVER"] == "lua"
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
 
     pinned = one(
@@ -246,6 +247,7 @@ def test_the_operator_runs_one_restricted_replica_with_kopfs_liveness(helm: Helm
             "--set", "image.digest=sha256:" + "a" * 64,
             "--set", "webImage=registry.example.mx/difusor:1",
             "--set", "nginxImage=registry.example.mx/nginx:1",
+            "--set", "nginxResolver=realpath",
         ),
         "Deployment",
     )  # fmt: skip
@@ -254,6 +256,7 @@ def test_the_operator_runs_one_restricted_replica_with_kopfs_liveness(helm: Helm
     assert container["image"] == "ghcr.io/difusor/difusor@sha256:" + "a" * 64
     assert env["DIFUSOR_IMAGE"] == "registry.example.mx/difusor:1"
     assert env["DIFUSOR_NGINX_IMAGE"] == "registry.example.mx/nginx:1"
+    assert env["DIFUSOR_NGINX_RESOLVER"] == "realpath"
 
 
 def _kopf_resources() -> set[tuple[str, str]]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from difusor.render.nginx import LUA_MODULES
+
 from .conftest import REPO, require_binary
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(3600)]
@@ -109,4 +111,8 @@ def test_the_nginx_image_is_debians_nginx_non_root_without_package_managers(
     print("nginx image:", json.dumps(image.summary()))
     assert image.config["User"] == "10001:10001"
     assert "usr/sbin/nginx" in image.files
+    # The rendered nginx.conf loads these (render/nginx.py LUA_MODULES) and resty.core.
+    for module in LUA_MODULES:
+        assert module.lstrip("/") in image.files, module
+    assert "usr/share/lua/5.1/resty/core.lua" in image.files
     assert image.forbidden() == []

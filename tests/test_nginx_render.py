@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
+from difusor.controller.reconcile import Settings, nginx_resolver
 from difusor.models import PrepPublicationSpec
+from difusor.render.files import config_files
 from difusor.render.nginx import (
     ACCESS_LOG_PATH,
     CONTENT_DIR,
     HTTP_PORT,
     LOG_FIELDS,
+    LUA_MODULES,
     NO_STORE,
     RUN_DIR,
     fixed_utc_offset,
@@ -187,3 +190,38 @@ def test_the_access_log_is_json_with_every_field() -> None:
 
 def test_golden_configs_live_beside_their_specs() -> None:
     assert sorted(Path(p).stem for p in GOLDEN.glob("*.conf")) == CASES
+
+
+def test_the_lua_resolver_loads_its_modules_and_realpath_needs_none() -> None:
+    lua = render_nginx_conf(_spec(), content_dir="/data/prep/")
+    assert lua.splitlines()[2:4] == [f"load_module {module};" for module in LUA_MODULES]
+    assert '"/data/prep/current", "/data/prep/"' in lua
+    assert "set_by_lua_block $prep_current { return prep_current() }" in lua
+    assert "$realpath_root" not in lua
+    plain = render_nginx_conf(_spec(), content_dir="/data/prep/", current_resolver="realpath")
+    assert "load_module" not in plain
+    assert "lua" not in plain
+    assert "map $realpath_root $prep_realpath {" in plain
+    # Either way the root of every request is read once, through the cached map.
+    for conf in (lua, plain):
+        assert conf.count("set $prep_root $prep_realpath;") == 1
+
+
+def test_an_unknown_resolver_or_an_unquotable_content_dir_is_refused() -> None:
+    with pytest.raises(ValueError, match="current_resolver 'readlink' is not one of lua, realpath"):
+        render_nginx_conf(_spec(), current_resolver="readlink")  # type: ignore[arg-type]
+    for bad in ('/srv/"prep', "/srv/pr ep", "/srv/prep;", "/srv/{prep}", "/srv\\prep"):
+        with pytest.raises(ValueError, match="content_dir"):
+            render_nginx_conf(_spec(), content_dir=bad)
+
+
+def test_the_operator_reads_its_resolver_from_the_environment() -> None:
+    assert nginx_resolver(None) == nginx_resolver("") == Settings.nginx_resolver == "lua"
+    assert nginx_resolver("realpath") == "realpath"
+    with pytest.raises(
+        ValueError, match="DIFUSOR_NGINX_RESOLVER='Lua' is not one of lua, realpath"
+    ):
+        nginx_resolver("Lua")
+    files = config_files(_spec(), name="p", nginx_resolver="realpath")
+    assert "lua" not in files["nginx.conf"]
+    assert "load_module" in config_files(_spec(), name="p")["nginx.conf"]

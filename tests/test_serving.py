@@ -16,6 +16,7 @@ from difusor.logic.attack import LogRecord, minute_figures
 from difusor.render.nginx import (
     ACCESS_LOG_PATH,
     CONTENT_DIR,
+    CURRENT_RESOLVERS,
     HEALTHZ_PATH,
     LOG_FIELDS,
     NO_STORE,
@@ -44,6 +45,7 @@ def test_nginx_accepts_every_golden_config(tmp_path: Path, name: str) -> None:
         text.replace(ACCESS_LOG_PATH, f"{tmp_path}/logs/access.log")
         .replace(f" {RUN_DIR}/nginx", f" {tmp_path}/run/nginx")
         .replace(f" {CONTENT_DIR}/", f" {tmp_path}/content/")
+        .replace(f'"{CONTENT_DIR}/', f'"{tmp_path}/content/')
     )
     for pod_path in (CONTENT_DIR, ACCESS_LOG_PATH, f" {RUN_DIR}/nginx"):
         assert pod_path in text
@@ -65,15 +67,18 @@ def site(tmp_path: Path) -> Site:
     return content
 
 
-@pytest.fixture
-def nginx(tmp_path: Path, site: Site) -> Iterator[Nginx]:
-    """nginx with generous limits, TLS set, one embedding portal and two no-store entries."""
+@pytest.fixture(params=CURRENT_RESOLVERS)
+def nginx(tmp_path: Path, site: Site, request: pytest.FixtureRequest) -> Iterator[Nginx]:
+    """nginx with generous limits, TLS set, one embedding portal and two no-store entries, once
+    with each way of reading `current`."""
     spec = make_spec(
         tls={"secretName": "prep-tls"},
         embedding={"allowedOrigins": [PORTAL]},
         cache={"noStorePaths": ["/json/main.json", "/json/avance/"], "maxAgeSeconds": 45},
     )
-    with running_nginx(spec, workdir=tmp_path / "nginx", content=site.root) as server:
+    with running_nginx(
+        spec, workdir=tmp_path / "nginx", content=site.root, current_resolver=request.param
+    ) as server:
         yield server
 
 
@@ -298,11 +303,14 @@ def test_a_slow_client_is_disconnected(tmp_path: Path, site: Site) -> None:
         assert not data.startswith(b"HTTP/1.1 200")
 
 
-def test_healthz_is_up_and_readyz_needs_a_complete_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resolver", CURRENT_RESOLVERS)
+def test_healthz_is_up_and_readyz_needs_a_complete_version(tmp_path: Path, resolver: str) -> None:
     site = Site(tmp_path / "content")
     site.add_version(CUT_A, complete=False)
     (site.root / "versions").mkdir(parents=True, exist_ok=True)
-    with running_nginx(make_spec(), workdir=tmp_path / "nginx", content=site.root) as server:
+    with running_nginx(
+        make_spec(), workdir=tmp_path / "nginx", content=site.root, current_resolver=resolver
+    ) as server:
         assert server.get(HEALTHZ_PATH).status == 200
         assert server.get(READYZ_PATH).status == 503
         assert server.get("/json/main.json").status == 503

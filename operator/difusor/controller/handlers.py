@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 
 from difusor.controller.monitor import Monitor, Watch
 from difusor.controller.promotion import Promoter
-from difusor.controller.reconcile import Reconciler, Settings
+from difusor.controller.reconcile import Reconciler, Settings, nginx_resolver
 from difusor.kube import Cluster, api_client
 from difusor.metrics import OperatorMetrics
 from difusor.models import GROUP, VERSION
@@ -37,6 +37,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.execution.max_workers = 8
+    try:
+        resolver = nginx_resolver(os.environ.get("DIFUSOR_NGINX_RESOLVER"))
+    except ValueError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
     cluster = Cluster(api_client(os.environ.get("DIFUSOR_KUBECONFIG")))
     # `difusor operator` passes the metrics it serves; a bare `kopf run` gets a registry of its own.
     metrics = memo.get("metrics") or OperatorMetrics()
@@ -48,6 +52,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         Settings(
             image=os.environ.get("DIFUSOR_IMAGE", Settings.image),
             nginx_image=os.environ.get("DIFUSOR_NGINX_IMAGE", Settings.nginx_image),
+            nginx_resolver=resolver,
             reconcile_interval=INTERVAL,
         ),
     )

@@ -20,6 +20,7 @@ from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase
 from difusor.render.children import Target, managed_kinds, render_all
 from difusor.render.files import config_files
 from difusor.render.labels import Names, selector_string
+from difusor.render.nginx import CURRENT_RESOLVERS, CurrentResolver
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,23 @@ class Settings:
     """Operator-wide settings (from its environment, read once at startup)."""
 
     image: str = "ghcr.io/difusor/difusor:0.1.0"
-    nginx_image: str = "docker.io/nginxinc/nginx-unprivileged:1.27-alpine"
+    nginx_image: str = "ghcr.io/difusor/difusor-nginx:0.1.0"
+    #: How nginx reads `current` (render_nginx_conf): "lua" needs the lua module in nginx_image.
+    nginx_resolver: CurrentResolver = "lua"
     reconcile_interval: float = 20.0
+
+
+def nginx_resolver(value: str | None) -> CurrentResolver:
+    """DIFUSOR_NGINX_RESOLVER: unset or empty is the default; anything else must be a resolver."""
+    if not value:
+        return Settings.nginx_resolver
+    for resolver in CURRENT_RESOLVERS:
+        if value == resolver:
+            return resolver
+    raise ValueError(
+        f"DIFUSOR_NGINX_RESOLVER={value!r} is not one of {', '.join(CURRENT_RESOLVERS)} "
+        "(lua needs Debian's libnginx-mod-http-lua in the nginx image)"
+    )
 
 
 @dataclass
@@ -126,7 +142,7 @@ class Reconciler:
             image=self.settings.image,
             nginx_image=self.settings.nginx_image,
             capabilities=self.cluster.capabilities(),
-            files=config_files(spec, name=name),
+            files=config_files(spec, name=name, nginx_resolver=self.settings.nginx_resolver),
         )
         changes: list[str] = []
         apply_error: str | None = None

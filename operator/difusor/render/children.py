@@ -56,7 +56,7 @@ class Target:
     namespace: str
     uid: str | None = None
     image: str = "ghcr.io/difusor/difusor:0.1.0"
-    nginx_image: str = "docker.io/nginxinc/nginx-unprivileged:1.27-alpine"
+    nginx_image: str = "ghcr.io/difusor/difusor-nginx:0.1.0"
     capabilities: frozenset[str] = field(default_factory=frozenset)
     files: dict[str, str] = field(default_factory=dict)
     """Rendered configuration files (nginx.conf, sshd_config) that go into the ConfigMap."""
