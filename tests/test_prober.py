@@ -24,13 +24,12 @@ def publication(**status: Any) -> dict[str, Any]:
     }
 
 
-def pod(name: str, ip: str, *, ready: bool = True) -> k8s.V1Pod:
-    return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name=name),
-        status=k8s.V1PodStatus(
-            pod_ip=ip, conditions=[k8s.V1PodCondition(type="Ready", status=str(ready))]
-        ),
-    )
+def pod(name: str, ip: str, *, ready: bool = True) -> dict[str, Any]:
+    """A pod as the API sends it (the prober reads pods as dicts)."""
+    return {
+        "metadata": {"name": name},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
 
 
 class Fetcher:

@@ -25,6 +25,7 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller.incidents import Incidents
+from difusor.kube import list_pods
 from difusor.logic.containment import contain
 from difusor.logic.incidents import Evidence, Streak, advance, classify, probe_verdict, tally
 from difusor.metrics import OperatorMetrics
@@ -92,10 +93,19 @@ def fetch(url: str, *, timeout: float) -> tuple[int, str | None, bytes]:
         conn.close()
 
 
-def _ready(pod: k8s.V1Pod) -> bool:
-    if pod.metadata.deletion_timestamp is not None or not pod.status.pod_ip:
+def _ready(pod: Obj) -> bool:
+    status = pod.get("status") or {}
+    if pod["metadata"].get("deletionTimestamp") is not None or not status.get("podIP"):
         return False
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def _annotations(pod: Obj) -> dict[str, str]:
+    found: dict[str, str] = pod["metadata"].get("annotations") or {}
+    return found
 
 
 class Monitor:
@@ -109,7 +119,6 @@ class Monitor:
         fetcher: Callable[..., tuple[int, str | None, bytes]] = fetch,
     ) -> None:
         self.api = api
-        self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self.metrics = metrics
         self.incidents = Incidents(api, metrics)
@@ -146,19 +155,19 @@ class Monitor:
         try:
             if not watch.resumed:
                 self.resume(watch)
-            pods = self.core.list_namespaced_pod(namespace, label_selector=selector_string(name))
-            self._gauges(publication, pods.items, now)
-            self._heal_check(publication, pods.items, now)
-            watch.attack = self._contain(publication, spec, pods.items, now, watch.attack)
+            pods = list_pods(self.api, namespace, selector_string(name))
+            self._gauges(publication, pods, now)
+            self._heal_check(publication, pods, now)
+            watch.attack = self._contain(publication, spec, pods, now, watch.attack)
             if probe.enabled:
-                self._probe_once(publication, spec, pods.items, watch, now)
+                self._probe_once(publication, spec, pods, watch, now)
         except (k8s.ApiException, OSError) as exc:
             log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
         return float(probe.interval_seconds)
 
     # --- one probe -------------------------------------------------------------------------
 
-    def probe(self, publication: Obj, probe: ProbeSpec, pods: list[k8s.V1Pod]) -> ProbeResult:
+    def probe(self, publication: Obj, probe: ProbeSpec, pods: list[Obj]) -> ProbeResult:
         """Probe the public path once."""
         meta, spec = publication["metadata"], publication["spec"]
         status = publication.get("status") or {}
@@ -169,7 +178,10 @@ class Monitor:
         started = time.monotonic()
         if probe.via is ProbeVia.PODS:
             targets = [
-                (p.metadata.name, f"http://{p.status.pod_ip}:{POD_HTTP_PORT}{probe.path}")
+                (
+                    p["metadata"]["name"],
+                    f"http://{p['status']['podIP']}:{POD_HTTP_PORT}{probe.path}",
+                )
                 for p in pods
                 if _ready(p)
             ]
@@ -205,7 +217,7 @@ class Monitor:
         self,
         publication: Obj,
         spec: PrepPublicationSpec,
-        pods: list[k8s.V1Pod],
+        pods: list[Obj],
         watch: Watch,
         now: datetime,
     ) -> None:
@@ -279,7 +291,7 @@ class Monitor:
         self,
         publication: Obj,
         spec: PrepPublicationSpec,
-        pods: list[k8s.V1Pod],
+        pods: list[Obj],
         result: ProbeResult,
         now: datetime,
     ) -> Evidence:
@@ -304,12 +316,12 @@ class Monitor:
             cut_age_seconds=(now - parse_time(cut_time)).total_seconds() if cut_time else None,
             cut_max_age_seconds=60.0
             * (monitoring.cut_cadence_minutes + monitoring.cut_grace_minutes),
-            not_ready_pods=tuple(sorted(p.metadata.name for p in pods if not _ready(p))),
+            not_ready_pods=tuple(sorted(p["metadata"]["name"] for p in pods if not _ready(p))),
         )
 
     # --- gauges and healing of promotion incidents -----------------------------------------
 
-    def _gauges(self, publication: Obj, pods: list[k8s.V1Pod], now: datetime) -> None:
+    def _gauges(self, publication: Obj, pods: list[Obj], now: datetime) -> None:
         meta = publication["metadata"]
         labels = (meta["namespace"], meta["name"])
         status = publication.get("status") or {}
@@ -326,12 +338,11 @@ class Monitor:
         off = [
             p
             for p in pods
-            if active.get("id")
-            and (p.metadata.annotations or {}).get(ACTIVE_ANNOTATION) != active["id"]
+            if active.get("id") and _annotations(p).get(ACTIVE_ANNOTATION) != active["id"]
         ]
         self.metrics.pods_off_active_cut.labels(*labels).set(len(off))
 
-    def _heal_check(self, publication: Obj, pods: list[k8s.V1Pod], now: datetime) -> None:
+    def _heal_check(self, publication: Obj, pods: list[Obj], now: datetime) -> None:
         """Resolve a promotion incident once every pod serves the active cut and is Ready."""
         meta = publication["metadata"]
         status = publication.get("status") or {}
@@ -339,10 +350,7 @@ class Monitor:
         idle = ((status.get("rollout") or {}).get("phase") or "Idle") == "Idle"
         if not active or not idle or not pods:
             return
-        healthy = all(
-            _ready(p) and (p.metadata.annotations or {}).get(ACTIVE_ANNOTATION) == active
-            for p in pods
-        )
+        healthy = all(_ready(p) and _annotations(p).get(ACTIVE_ANNOTATION) == active for p in pods)
         if not healthy:
             return
         for incident in self.incidents.open_ones(
@@ -361,7 +369,7 @@ class Monitor:
         self,
         publication: Obj,
         spec: PrepPublicationSpec,
-        pods: list[k8s.V1Pod],
+        pods: list[Obj],
         now: datetime,
         incident: str | None,
     ) -> str | None:
@@ -372,11 +380,11 @@ class Monitor:
         current = ((publication.get("status") or {}).get("containment") or {}).get("denied") or []
         reports: dict[str, Obj] = {}
         for pod in pods:
-            raw = (pod.metadata.annotations or {}).get(ATTACK_ANNOTATION)
+            raw = _annotations(pod).get(ATTACK_ANNOTATION)
             if not raw or not auto.enabled:
                 continue
             try:
-                reports[pod.metadata.name] = json.loads(raw)
+                reports[pod["metadata"]["name"]] = json.loads(raw)
             except ValueError:
                 continue
         verdict = contain(

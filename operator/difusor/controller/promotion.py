@@ -108,7 +108,6 @@ class Promoter:
         self.metrics = metrics or OperatorMetrics()
         self.incidents = Incidents(api, self.metrics)
         self.purger = purger or Purger(api)
-        self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self._guard = threading.Lock()
         self._running: set[tuple[str, str]] = set()

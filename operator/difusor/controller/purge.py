@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 
 from difusor.cdn.client import PurgeError, scrub
 from difusor.cdn.providers import Result, Site, purge
+from difusor.kube import request
 from difusor.logic.archive import manifest_entries
 from difusor.logic.purge import CAPS, Backoff, Configured, Manifest, Plan, attempt_delay, plan_purge
 from difusor.models import PrepPublicationSpec
@@ -96,12 +97,12 @@ def _secret_data(api: k8s.ApiClient, namespace: str, name: str | None) -> dict[s
     if not name:
         return {}
     try:
-        secret = k8s.CoreV1Api(api).read_namespaced_secret(name, namespace)
+        secret = request(api, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
     except k8s.ApiException as exc:
         if exc.status == 404:
             raise PurgeError(f"Secret {name} (cdn.credentialsSecret) does not exist") from None
         raise PurgeError(f"could not read Secret {name}: {exc.reason}") from None
-    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
 class Purger:

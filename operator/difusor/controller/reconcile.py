@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller import secrets
-from difusor.kube import Cluster, publication_event
+from difusor.kube import Cluster, publication_event, request
 from difusor.logic.conditions import Observation, compute_conditions
 from difusor.logic.window import window_status
 from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase
@@ -81,8 +81,6 @@ class Reconciler:
     def __init__(self, cluster: Cluster, settings: Settings) -> None:
         self.cluster = cluster
         self.settings = settings
-        self.core = k8s.CoreV1Api(cluster.api)
-        self.apps = k8s.AppsV1Api(cluster.api)
         # The children each publication had at its last prune: the same set needs no new one.
         self._pruned: dict[tuple[str, str], frozenset[tuple[str, str, str]]] = {}
         self.custom = k8s.CustomObjectsApi(cluster.api)
@@ -255,7 +253,11 @@ class Reconciler:
         if window is None or window.phase_at(datetime.now(UTC)) is not WindowPhase.PENDING:
             return None
         try:
-            self.core.read_namespaced_config_map(window.placeholder_config_map, namespace)
+            request(
+                self.cluster.api,
+                "GET",
+                f"/api/v1/namespaces/{namespace}/configmaps/{window.placeholder_config_map}",
+            )
         except k8s.ApiException as exc:
             if exc.status != 404:
                 raise
@@ -267,13 +269,13 @@ class Reconciler:
 
     def _statefulset(self, name: str, namespace: str) -> Obj | None:
         try:
-            sts = self.apps.read_namespaced_stateful_set(name, namespace)
+            return request(
+                self.cluster.api, "GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
+            )
         except k8s.ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        result: Obj = self.cluster.api.sanitize_for_serialization(sts)
-        return result
 
     def _prune(self, desired: list[Obj], *, namespace: str, publication: str) -> list[str]:
         """Delete children the spec no longer asks for (say, an Ingress after a switch to Gateway)."""
