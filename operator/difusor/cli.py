@@ -33,7 +33,33 @@ def _logging(verbose: bool) -> None:
     )
 
 
+#: glibc's mallopt(3) parameter M_ARENA_MAX (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """At most `arenas` glibc malloc arenas, unless MALLOC_ARENA_MAX says otherwise.
+
+    glibc gives a thread that allocates while another holds an arena one of its own, up to 8 per
+    core, and keeps what they grew: kopf's workers, the prober's threads and the watch streams
+    left about 12 MB there after a burst of reconciles. Python allocates under its GIL, so two
+    arenas cost no contention. Must run before the threads start; False where it does not apply
+    (not glibc, or the variable is set).
+    """
+    import ctypes
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
     import kopf
 
     import difusor.controller.handlers  # noqa: F401  (registers the handlers)
