@@ -137,30 +137,33 @@ class Cluster:
         if res is None:
             raise LookupError(f"{obj['kind']} ({obj['apiVersion']}) is not served by this cluster")
         meta = obj["metadata"]
-        after = self.dynamic.server_side_apply(
-            res,
+        # The answer is read as the dict it is: the dynamic client's server_side_apply wraps
+        # every field of it (managedFields included) in objects, for the three read here.
+        after = request(
+            self.api,
+            "PATCH",
+            res.path(name=meta["name"], namespace=meta.get("namespace")),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             body=obj,
-            name=meta["name"],
-            namespace=meta.get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        ).metadata
+            content_type="application/apply-patch+yaml",
+        )["metadata"]
         applied_at = next(
             (
-                str(entry.time)
-                for entry in after.managedFields or []
-                if entry.manager == FIELD_MANAGER
+                str(entry.get("time") or "")
+                for entry in after.get("managedFields") or []
+                if entry.get("manager") == FIELD_MANAGER
             ),
             "",
         )
-        self._applied[key] = (digest, after.uid, applied_at)
+        uid = str(after.get("uid"))
+        self._applied[key] = (digest, uid, applied_at)
         if known is None:
             applied = _seconds(applied_at)
             # Both times are taken by the API server within the create (whole seconds).
-            if applied - _seconds(str(after.creationTimestamp)) <= 1:
+            if applied - _seconds(str(after.get("creationTimestamp") or "")) <= 1:
                 return "created"
             return "updated" if applied >= self._started - CLOCK_SLACK else "unchanged"
-        if known[1] != after.uid:
+        if known[1] != uid:
             return "created"
         if known[0] != digest or known[2] != applied_at:
             return "updated"
@@ -172,8 +175,10 @@ class Cluster:
         if res is None:
             return []
         selector = f"{INSTANCE_LABEL}={publication},{MANAGED_BY_LABEL}=difusor"
-        items = self.dynamic.get(res, namespace=namespace, label_selector=selector).to_dict()
-        return list(items.get("items") or [])
+        found = request(
+            self.api, "GET", res.path(namespace=namespace), query=[("labelSelector", selector)]
+        )
+        return list(found.get("items") or [])
 
     def delete(self, api_version: str, kind: str, *, name: str, namespace: str) -> bool:
         """Delete an object; False when it was already gone."""
@@ -236,6 +241,7 @@ def request(
     *,
     query: list[tuple[str, str]] | None = None,
     body: Obj | None = None,
+    content_type: str = "application/json",
 ) -> Obj:
     """One call to the API server, answered as the dict it sends (camelCase); a failure raises
     ApiException as the typed clients do.
@@ -247,7 +253,7 @@ def request(
         method,
         path,
         query_params=query or [],
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        header_params={"Accept": "application/json", "Content-Type": content_type},
         body=body,
         auth_settings=["BearerToken"],
     )
