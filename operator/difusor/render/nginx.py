@@ -170,8 +170,8 @@ def render_nginx_conf(
     Every request reads `current` once, so that a swap needs no reload and the cut headers come
     from the version whose file is served. `current_resolver="lua"` reads the link with one
     readlink(2) through LuaJIT's FFI (Debian's libnginx-mod-http-lua, in the difusor-nginx image);
-    `"realpath"` needs no module but pays realpath(3), one readlink per path component, which
-    costs a fifth of the throughput of main.json (bench/serving.py).
+    `"realpath"` needs no module but pays realpath(3), one readlink per path component: about
+    5 % more nginx CPU per request for main.json (bench/serving.py).
     """
     if current_resolver not in CURRENT_RESOLVERS:
         raise ValueError(
