@@ -12,7 +12,8 @@ captured). The first cut of each run, where every file is new, is measured apart
 (`first_cut`). Per promotion: `serving_s` = rename done -> last pod serving the cut; `skew_s` =
 first pod serving -> last pod serving; `verified_s` = rename done -> PrepCut Verified on the
 receiving pod (validation and storage, the baseline the promotion adds to, measured in the same
-run); `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
+run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator saw the
+first and the last other pod report the cut staged, and committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
 already had are hard links, not fetched). Reports p50 and p99; goal: serving_s p99 under 1 s
 for 10 pods, skew under 0.2 s, and a 30-pod run that shows how the time grows with the pods.
 """
@@ -20,6 +21,7 @@ for 10 pods, skew under 0.2 s, and a 30-pod run that shows how the time grows wi
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -29,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +43,11 @@ sys.path.insert(0, str(REPO))
 from bench.common import operator_on_a_cluster  # noqa: E402
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import BIN, kubectl, wait_for  # noqa: E402
-from tests.hostpods import Harness, HostPod, host_public_key, served_cut, sftp_put  # noqa: E402
+from tests.hostpods import HTTP_PORT, Harness, HostPod, host_public_key, sftp_put  # noqa: E402
 
 PUB = "prep-bench"
+#: How often each pod's main.json is asked for while a promotion is timed.
+POLL_S = 0.01
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,6 +107,34 @@ def upload(harness: Harness, pod: HostPod, archive: Path, *, key: Path, known_ho
         raise RuntimeError(f"sftp failed: {proc.stderr}")
 
 
+def _since(stamp: str | None, done: float) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - done
+
+
+def phases(record: dict[str, Any], *, receiver: str, done: float) -> dict[str, float]:
+    """When each step of the promotion happened, in seconds after the rename, from the PrepCut.
+
+    `verifiedAt` is the receiving agent's clock; the rest is what the operator saw and when
+    (the same machine's clock): the first and the last other pod reporting the cut staged (the
+    operator's view of each fetch done), and the commit.
+    """
+    status = record.get("status") or {}
+    staged = [
+        t
+        for pod, report in (status.get("pods") or {}).items()
+        if pod != receiver and (t := _since(report.get("stagedAt"), done)) is not None
+    ]
+    out = {
+        "verified_s": _since(status.get("verifiedAt"), done),
+        "first_peer_staged_s": min(staged, default=None),
+        "last_peer_staged_s": max(staged, default=None),
+        "committed_s": _since(status.get("committedAt"), done),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def promote_once(
     harness: Harness,
     kubeconfig: str,
@@ -119,49 +152,43 @@ def promote_once(
     stop = threading.Event()
 
     def watch(pod: HostPod) -> None:
+        conn: http.client.HTTPConnection | None = None
         while not stop.is_set():
-            if served_cut(pod.ip) == cut_id:
+            # One kept-alive connection per pod: polling must cost the pods' CPUs little.
+            try:
+                conn = conn or http.client.HTTPConnection(pod.ip, HTTP_PORT, timeout=5)
+                conn.request("GET", "/json/main.json")
+                resp = conn.getresponse()
+                resp.read()
+                served = resp.getheader("X-Prep-Cut") if resp.status == 200 else None
+            except OSError:
+                conn, served = None, None
+            if served == cut_id:
                 firsts[pod.name] = time.monotonic()
-                return
+                break
             # Every pod is polled from this process: 30 threads must leave the CPUs to the pods.
-            time.sleep(0.01)
+            time.sleep(POLL_S)
+        if conn is not None:
+            conn.close()
 
     threads = [threading.Thread(target=watch, args=(p,), daemon=True) for p in running]
     for thread in threads:
         thread.start()
     upload(harness, receiver, archive, key=key, known_hosts=known_hosts)
-    done = time.monotonic()
-    verified_at: list[float] = []
+    done, done_wall = time.monotonic(), time.time()
     name = f"{PUB}-{cut_id.replace('_', '-')}"
-
-    def verified() -> bool:
-        out = kubectl(
-            kubeconfig,
-            "-n",
-            namespace,
-            "get",
-            "prepcut",
-            name,
-            "-o",
-            "jsonpath={.status.verifiedAt}",
-            check=False,
-        )
-        if out.strip() and "NotFound" not in out:
-            verified_at.append(time.monotonic())
-            return True
-        return False
-
-    wait_for("verified", verified, timeout=300, interval=0.05)
     for thread in threads:
         thread.join(timeout=300)
     stop.set()
     if len(firsts) != len(running):
         raise RuntimeError(f"only {len(firsts)}/{len(running)} pods served {cut_id}")
     fetched = sum(moved_bytes(p, cut_id) for p in running if p.name != receiver.name)
+    record = json.loads(kubectl(kubeconfig, "-n", namespace, "get", "prepcut", name, "-o", "json"))
+    steps = phases(record, receiver=receiver.name, done=done_wall)
     return {
+        **steps,
         "serving_s": max(firsts.values()) - done,
         "skew_s": max(firsts.values()) - min(firsts.values()),
-        "verified_s": verified_at[0] - done,
         "moved_mb": fetched / 1_000_000,
         "receiver_wrote_mb": moved_bytes(receiver, cut_id) / 1_000_000,
     }
@@ -235,6 +262,7 @@ def run_size(
     serving = [r["serving_s"] for r in results]
     skew = [r["skew_s"] for r in results]
     verify = [r["verified_s"] for r in results]
+    steps = ("verified_s", "first_peer_staged_s", "last_peer_staged_s", "committed_s")
     return {
         "pods": pods,
         "promotions": len(results),
@@ -253,6 +281,12 @@ def run_size(
             "max": round(max(serving), 3),
         },
         "skew_s": {"p50": percentile(skew, 0.5), "p99": percentile(skew, 0.99)},
+        # Medians, in seconds after the rename, of when each step happened (see phases()).
+        "timeline_p50": {
+            k: percentile([r[k] for r in results if k in r], 0.5)
+            for k in steps
+            if any(k in r for r in results)
+        },
         "verified_s_baseline": {"p50": percentile(verify, 0.5), "p99": percentile(verify, 0.99)},
         "ratio_serving_to_verified_p50": round(
             statistics.median(serving) / max(statistics.median(verify), 1e-6), 2

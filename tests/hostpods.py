@@ -194,7 +194,11 @@ class Harness:
         with contextlib.suppress(k8s.ApiException):
             self.core.delete_node(self.node)
         self.api.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("DIFUSOR_KEEP_HOSTPODS"):
+            # Each pod's process logs and volumes, for reading a benchmark's run afterwards.
+            log.info("kept the host pods' directories in %s", self.root)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def pod(self, name: str) -> HostPod:
         """A running pod by name (fails when the harness does not run it)."""
