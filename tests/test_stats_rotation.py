@@ -35,13 +35,10 @@ def _publication(kubeconfig: str, namespace: str) -> None:
 
 
 def _shipped_requests(api: object, namespace: str) -> int:
-    from kubernetes import client as k8s
-
-    core = k8s.CoreV1Api(api)
     now = int(time.time()) // 3600 * 3600
     total = 0
     for hour in (now - 3600, now, now + 3600):
-        stats = read_hour(core, namespace=namespace, pod=POD, hour=hour)
+        stats = read_hour(api, namespace=namespace, pod=POD, hour=hour)
         if stats is not None:
             total += sum(m.requests for m in stats.minutes.values())
     return total

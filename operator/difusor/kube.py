@@ -16,7 +16,7 @@ from kubernetes import config as k8s_config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from difusor.models import API_VERSION
+from difusor.models import API_VERSION, GROUP, VERSION
 from difusor.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,29 @@ def request(
         api.response_deserialize(response, {})
     result: Obj = json.loads(response.data)
     return result
+
+
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+def custom_path(namespace: str, plural: str, name: str = "", subresource: str = "") -> str:
+    """The path of difusor's custom objects of a namespace, one of them, or its subresource."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+    for part in (name, subresource):
+        if part:
+            path += f"/{part}"
+    return path
+
+
+def read(api: k8s.ApiClient, path: str) -> Obj | None:
+    """GET one object as a dict; None when it does not exist."""
+    try:
+        return request(api, "GET", path)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def list_pods(api: k8s.ApiClient, namespace: str, selector: str) -> list[Obj]:

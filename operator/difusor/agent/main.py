@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from pydantic import ValidationError
@@ -34,7 +35,13 @@ from difusor.agent.stats import StatsShipper, run_loop
 from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake
 from difusor.ingest.store import Quarantined, Store, Stored, remove
-from difusor.kube import api_client, list_pods
+from difusor.kube import (
+    STRATEGIC_MERGE_PATCH,
+    api_client,
+    custom_path,
+    list_pods,
+    request,
+)
 from difusor.logic.archive import ManifestEntry
 from difusor.logic.cuts import parse_cut
 from difusor.logic.window import uploads_refused
@@ -51,6 +58,10 @@ log = logging.getLogger("difusor.agent")
 
 STAGING = "Staging"
 COMMITTING = "Committing"
+#: How long the publication last seen on the watch (or read) is used before it is read again.
+#: The watch brings every change at once and the whole object at least every minute; the read
+#: is the fallback for a watch that broke without saying so.
+FRESH_FOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,6 @@ class Agent:
     def __init__(self, config: AgentConfig, api: k8s.ApiClient) -> None:
         self.config = config
         self.api = api
-        self.core = k8s.CoreV1Api(api)
-        self.custom = k8s.CustomObjectsApi(api)
         self.store = Store(config.content_dir)
         # Set by the publication's watch and by a prefetch that sees its upload renamed.
         self.wake = threading.Event()
@@ -119,6 +128,7 @@ class Agent:
         self.attack: AttackReport | None = None
         self.integrity = IntegrityCheck(self.store)
         self.damaged: tuple[str, dict[str, ManifestEntry]] | None = None
+        self.seen: tuple[float, dict[str, Any]] | None = None
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
 
@@ -157,11 +167,34 @@ class Agent:
 
     # --- the loop --------------------------------------------------------------------------
 
-    def step(self, now: datetime) -> None:
-        """Ingest what is complete, then do this pod's part of the promotion."""
-        publication = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.config.namespace, "preppublications", self.config.publication
+    def saw(self, publication: dict[str, Any] | None) -> None:
+        """The publication as the watch (or a read) just gave it; None forgets it."""
+        with self.lock:
+            self.seen = None if publication is None else (time.monotonic(), publication)
+
+    def publication(self) -> dict[str, Any]:
+        """This pod's PrepPublication: as last seen if that was under FRESH_FOR ago, else read.
+
+        Ten pods that read it every half second were twenty reads a second on the API server
+        and most of the agents' own CPU between promotions.
+        """
+        with self.lock:
+            seen = self.seen
+        if seen is not None and time.monotonic() - seen[0] < FRESH_FOR:
+            return seen[1]
+        config = self.config
+        found = request(
+            self.api, "GET", custom_path(config.namespace, "preppublications", config.publication)
         )
+        self.saw(found)
+        return found
+
+    def step(self, now: datetime) -> None:
+        """This pod's part of the promotion, then ingest what is complete.
+
+        The promotion goes first: a commit's swap must not wait behind an archive's validation.
+        """
+        publication = self.publication()
         try:
             spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
         except ValidationError as exc:
@@ -171,8 +204,8 @@ class Agent:
         with self.lock:
             self.status = status
             self.window = spec.window
-        self._ingest(publication, spec, now)
         self._promote(spec, status)
+        self._ingest(publication, spec, now)
         active = (status.get("activeCut") or {}).get("id")
         self.metrics.serving_active.set(
             int(active is not None and self.store.active_cut() == active)
@@ -266,6 +299,7 @@ class Agent:
             # Without the digest recorded at verification a copy could not be checked.
             log.warning("Not fetching cut %s: its PrepCut has no manifest digest", cut)
             return False
+        began = time.monotonic()
         peers = self._peers_with(cut, prefer=received_by)
         for n, peer in enumerate(peers):
             try:
@@ -281,8 +315,9 @@ class Agent:
                 log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
                 continue
             log.info(
-                "Fetched cut %s from %s (%d files linked, %d fetched, %d bytes)",
-                cut, peer, counts["linked"], counts["fetched"], counts["bytes"],
+                "Fetched cut %s from %s in %.2f s (%d files linked, %d fetched, %d bytes)",
+                cut, peer, time.monotonic() - began, counts["linked"], counts["fetched"],
+                counts["bytes"],
             )  # fmt: skip
             return True
         return False
@@ -325,11 +360,7 @@ class Agent:
         )
         if _attack_key(report) != _attack_key(self.attack):
             value = json.dumps(report.wire(), sort_keys=True) if report else None
-            self.core.patch_namespaced_pod(
-                self.config.pod,
-                self.config.namespace,
-                {"metadata": {"annotations": {ATTACK_ANNOTATION: value}}},
-            )
+            self._annotate({ATTACK_ANNOTATION: value})
             if report:
                 log.warning(
                     "Saw an attack on %s (%s, %d requests this minute): blamed %s",
@@ -386,10 +417,18 @@ class Agent:
         wanted = {STAGED_ANNOTATION: staged, ACTIVE_ANNOTATION: active}
         if all(self.reported.get(k.rsplit("/", 1)[1]) == v for k, v in wanted.items()):
             return
-        self.core.patch_namespaced_pod(
-            self.config.pod, self.config.namespace, {"metadata": {"annotations": wanted}}
-        )
+        self._annotate(wanted)
         self.reported = {"staged": staged, "active": active}
+
+    def _annotate(self, annotations: dict[str, str | None]) -> None:
+        """Set (or, with None, remove) annotations of this pod."""
+        request(
+            self.api,
+            "PATCH",
+            f"/api/v1/namespaces/{self.config.namespace}/pods/{self.config.pod}",
+            body={"metadata": {"annotations": annotations}},
+            content_type=STRATEGIC_MERGE_PATCH,
+        )
 
 
 def _attack_key(report: AttackReport | None) -> tuple[object, ...] | None:
@@ -520,20 +559,31 @@ def run(config: AgentConfig) -> int:
 
 
 def watch_publication(agent: Agent, wake: threading.Event, stopping: threading.Event) -> None:
-    """Set `wake` on every change of this pod's publication (a watch, reopened when it ends)."""
+    """Keep `agent` up to date with this pod's publication and set `wake` on every change.
+
+    A watch, reopened when it ends: the API server ends it every minute and the reopened one
+    starts with the whole object, so the agent's copy is never older than that while it runs.
+    A watch that fails makes the agent read the publication again.
+    """
     config = agent.config
+    custom = k8s.CustomObjectsApi(agent.api)
     while not stopping.is_set():
         try:
             stream = k8s_watch.Watch().stream(
-                agent.custom.list_namespaced_custom_object,
+                custom.list_namespaced_custom_object,
                 GROUP, VERSION, config.namespace, "preppublications",
                 field_selector=f"metadata.name={config.publication}",
                 timeout_seconds=60,
+                _request_timeout=(10, 90),
             )  # fmt: skip
-            for _event in stream:
+            for event in stream:
+                kind, obj = event.get("type"), event.get("object")
+                agent.saw(obj if kind in ("ADDED", "MODIFIED") and isinstance(obj, dict) else None)
                 wake.set()
                 if stopping.is_set():
                     return
-        except (k8s.ApiException, OSError, ValueError) as exc:
+        except (k8s.ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            # urllib3's errors (a read timeout, a connection reset) are not OSErrors.
             log.debug("Publication watch ended: %s", exc)
+            agent.saw(None)
             stopping.wait(1.0)

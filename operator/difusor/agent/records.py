@@ -9,8 +9,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from difusor.ingest.store import Quarantined, Stored
-from difusor.kube import publication_event
-from difusor.models import API_VERSION, GROUP, VERSION, cut_object_name
+from difusor.kube import MERGE_PATCH, custom_path, publication_event, read, request
+from difusor.models import API_VERSION, cut_object_name
 from difusor.render.labels import PUBLICATION_LABEL, common_labels, owner_reference
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,8 @@ class Conflict(Exception):
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, to the millisecond: validation and promotion steps take well under a second."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Records:
@@ -32,7 +33,6 @@ class Records:
 
     def __init__(self, api: k8s.ApiClient, *, namespace: str, pod: str) -> None:
         self.api = api
-        self.custom = k8s.CustomObjectsApi(api)
         self.namespace = namespace
         self.pod = pod
 
@@ -56,9 +56,7 @@ class Records:
     def _create(self, body: Obj) -> Obj | None:
         """Create; None when one with that name exists already."""
         try:
-            created: Obj = self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body
-            )
+            created = request(self.api, "POST", custom_path(self.namespace, PLURAL), body=body)
         except k8s.ApiException as exc:
             if exc.status == 409:
                 return None
@@ -66,21 +64,19 @@ class Records:
         return created
 
     def _status(self, name: str, status: Obj) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}
+        request(
+            self.api,
+            "PATCH",
+            custom_path(self.namespace, PLURAL, name, "status"),
+            body={"status": status},
+            content_type=MERGE_PATCH,
         )
 
     def get(self, publication: str, cut_id: str) -> Obj | None:
         """The PrepCut of a cut, or None."""
-        try:
-            found: Obj = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, cut_object_name(publication, cut_id)
-            )
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return found
+        return read(
+            self.api, custom_path(self.namespace, PLURAL, cut_object_name(publication, cut_id))
+        )
 
     def stored(self, publication: Obj, stored: Stored, *, received_at: str) -> None:
         """Record a verified cut; the same archive twice is a no-op, another one a Conflict."""

@@ -32,9 +32,10 @@ from typing import Any, BinaryIO
 
 from kubernetes import client as k8s
 
+from difusor.kube import STRATEGIC_MERGE_PATCH, custom_path, read, request
 from difusor.logic.archive import parse_quantity
 from difusor.logic.stats import Compactor, HourStats, PageRules
-from difusor.models import GROUP, VERSION, PrepPublicationSpec
+from difusor.models import GROUP, PrepPublicationSpec
 from difusor.render.labels import (
     COMPONENT_LABEL,
     INSTANCE_LABEL,
@@ -79,26 +80,27 @@ def page_rules(spec: PrepPublicationSpec) -> PageRules:
     )
 
 
-def read_hour(core: k8s.CoreV1Api, *, namespace: str, pod: str, hour: int) -> HourStats | None:
+def _config_map_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
+
+
+def read_hour(api: k8s.ApiClient, *, namespace: str, pod: str, hour: int) -> HourStats | None:
     """A pod's hour as shipped (every part), or None."""
     files: dict[str, bytes] = {}
     part = 0
     while True:
-        try:
-            cm = core.read_namespaced_config_map(stats_object_name(pod, hour, part), namespace)
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                break
-            raise
+        cm = read(api, _config_map_path(namespace, stats_object_name(pod, hour, part)))
+        if cm is None:
+            break
         files.update(_binary(cm))
         part += 1
     return HourStats.from_payload(files) if files else None
 
 
-def _binary(cm: Any) -> dict[str, bytes]:
+def _binary(cm: dict[str, Any]) -> dict[str, bytes]:
     import base64
 
-    return {k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()}
+    return {k: base64.b64decode(v) for k, v in (cm.get("binaryData") or {}).items()}
 
 
 @dataclass
@@ -122,8 +124,7 @@ class StatsShipper:
         log_dir: Path,
         nginx_pid_file: Path,
     ) -> None:
-        self.core = k8s.CoreV1Api(api)
-        self.custom = k8s.CustomObjectsApi(api)
+        self.api = api
         self.namespace = namespace
         self.publication = publication
         self.pod = pod
@@ -140,8 +141,8 @@ class StatsShipper:
     # --- setup -----------------------------------------------------------------------------
 
     def _configure(self) -> None:
-        publication = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "preppublications", self.publication
+        publication = request(
+            self.api, "GET", custom_path(self.namespace, "preppublications", self.publication)
         )
         spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
         self.metadata = publication["metadata"]
@@ -153,7 +154,7 @@ class StatsShipper:
                 salt=self.metadata["uid"].encode(),
                 gap_ms=spec.statistics.session_timeout_minutes * 60_000,
                 loader=lambda hour: read_hour(
-                    self.core, namespace=self.namespace, pod=self.pod, hour=hour
+                    self.api, namespace=self.namespace, pod=self.pod, hour=hour
                 ),
             )
             self._restore()
@@ -163,12 +164,10 @@ class StatsShipper:
     def _restore(self) -> None:
         """Map the log files on the volume to generations, and replay them from their start."""
         cursor: dict[str, int] = {}
-        try:
-            cm = self.core.read_namespaced_config_map(cursor_name(self.pod), self.namespace)
-            cursor = json.loads((cm.metadata.annotations or {}).get(CURSOR_ANNOTATION, "{}"))
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                raise
+        cm = read(self.api, _config_map_path(self.namespace, cursor_name(self.pod)))
+        if cm is not None:
+            notes = cm["metadata"].get("annotations") or {}
+            cursor = json.loads(notes.get(CURSOR_ANNOTATION, "{}"))
         rotated, live = self._inode(ROTATED_NAME), self._inode(LOG_NAME)
         known_gen, known_inode = int(cursor.get("generation", -1)), cursor.get("inode")
         if rotated is not None and rotated == known_inode:
@@ -276,43 +275,46 @@ class StatsShipper:
     def _put(self, name: str, hour: int, part: int, files: dict[str, bytes]) -> None:
         import base64
 
-        body = k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(
-                name=name,
-                namespace=self.namespace,
-                labels=self._labels(hour),
-                annotations={f"{GROUP}/part": str(part)},
-                owner_references=[
-                    owner_reference(self.publication, self.metadata["uid"], controller=False)
-                ],
-            ),
-            binary_data={k: base64.b64encode(v).decode() for k, v in files.items()},
-        )
+        body = self._config_map(
+            name, self._labels(hour), {f"{GROUP}/part": str(part)},
+            binaryData={k: base64.b64encode(v).decode() for k, v in files.items()},
+        )  # fmt: skip
         self._upsert(name, body)
 
     def _put_cursor(self, cursor: dict[str, int]) -> None:
         name = cursor_name(self.pod)
-        body = k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(
-                name=name,
-                namespace=self.namespace,
-                labels=self._labels(None),
-                annotations={CURSOR_ANNOTATION: json.dumps(cursor)},
-                owner_references=[
-                    owner_reference(self.publication, self.metadata["uid"], controller=False)
-                ],
-            ),
-        )
+        body = self._config_map(name, self._labels(None), {CURSOR_ANNOTATION: json.dumps(cursor)})
         self._upsert(name, body)
 
-    def _upsert(self, name: str, body: k8s.V1ConfigMap) -> None:
+    def _config_map(
+        self, name: str, labels: dict[str, str], annotations: dict[str, str], **data: Any
+    ) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [
+                    owner_reference(self.publication, self.metadata["uid"], controller=False)
+                ],
+            },
+            **data,
+        }
+
+    def _upsert(self, name: str, body: dict[str, Any]) -> None:
         # patch, not update: the operator may grant the agents only verbs it holds itself.
+        path = _config_map_path(self.namespace)
         try:
-            self.core.patch_namespaced_config_map(name, self.namespace, body)
+            request(
+                self.api, "PATCH", f"{path}/{name}", body=body, content_type=STRATEGIC_MERGE_PATCH
+            )
         except k8s.ApiException as exc:
             if exc.status != 404:
                 raise
-            self.core.create_namespaced_config_map(self.namespace, body)
+            request(self.api, "POST", path, body=body)
 
     def _rotate_or_clean(self) -> None:
         rotated = next((f for f in self.files if f.path.name == ROTATED_NAME), None)
