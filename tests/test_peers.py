@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from difusor.agent import main
+from difusor.agent import main, peers
 from difusor.agent.main import Agent, AgentConfig, serve
 from difusor.agent.peers import PeerError, fetch_version
-from difusor.ingest.store import Store
+from difusor.ingest.store import Store, write_json
+from difusor.logic.archive import ManifestEntry, manifest_digest
 from difusor.models import IngestSpec
 
 from .archives import make_zip, site_files
@@ -104,6 +105,9 @@ def test_a_fetched_version_is_identical_and_links_what_the_pod_already_has(
     assert counts["linked"] == 0
     assert counts["fetched"] == len(source.manifest("20240602_2040"))
     assert local.manifest("20240602_2040") == source.manifest("20240602_2040")
+    # Every pod serves the same bytes as the proof of what it serves.
+    meta = Path("20240602_2040") / ".prep" / "manifest.json"
+    assert (local.versions / meta).read_bytes() == (source.versions / meta).read_bytes()
     for entry in local.manifest("20240602_2040"):
         assert (local.versions / "20240602_2040" / entry.path).read_bytes() == (
             source.versions / "20240602_2040" / entry.path
@@ -211,3 +215,24 @@ def test_a_large_fetch_is_split_between_the_peers_that_have_the_cut(
     assert local.manifest("20240602_2040") == first.manifest("20240602_2040")
     for path, data in files.items():
         assert (local.versions / "20240602_2040" / path).read_bytes() == data
+
+
+def test_a_manifest_read_before_is_read_again_once_its_file_changes(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    """Fetches reuse the local manifests they verified, but not one whose file was replaced."""
+    source, _url = peer
+    _ingest(source, tmp_path, "20240602_2040", seed=1)
+    first = peers._manifest(source, "20240602_2040")
+    assert peers._manifest(source, "20240602_2040") is first
+    path = source.versions / "20240602_2040" / ".prep" / "manifest.json"
+    document = json.loads(path.read_text())
+    document["files"] = document["files"][1:]
+    entries = [ManifestEntry(f["path"], f["size"], f["sha256"]) for f in document["files"]]
+    document["digest"] = manifest_digest(entries)
+    write_json(path, document)
+    assert peers._manifest(source, "20240602_2040") == entries
+    document["files"] = document["files"][1:]
+    write_json(path, document)
+    with pytest.raises(ValueError, match="digest"):
+        peers._manifest(source, "20240602_2040")

@@ -42,11 +42,15 @@ class PeerError(Exception):
 
 
 def manifest_payload(store: Store, cut: str) -> bytes:
-    """What GET /v1/versions/<cut>/manifest answers: the manifest and the cut record."""
+    """What GET /v1/versions/<cut>/manifest answers: the manifest and the cut record.
+
+    The files' bytes as they are (both are JSON the agent wrote): every other pod asks for them
+    at once from the pod that received the cut, so they are not parsed and written again.
+    """
     meta = store.versions / cut / META_DIR
-    document = json.loads((meta / "manifest.json").read_text())
-    record = json.loads((meta / "cut.json").read_text())
-    return json.dumps({"manifest": document, "cut": record}).encode()
+    document = (meta / "manifest.json").read_bytes()
+    record = (meta / "cut.json").read_bytes()
+    return b'{"manifest": ' + document + b', "cut": ' + record + b"}"
 
 
 def write_bundle(
@@ -129,18 +133,44 @@ class _Request:
         return resp
 
 
-def _local_index(store: Store) -> dict[tuple[str, int], Path]:
+#: Manifests of local versions already read and verified, by path, with the file's identity.
+_MANIFESTS: dict[str, tuple[tuple[int, int, int], list[ManifestEntry]]] = {}
+
+
+def _manifest(store: Store, cut: str) -> list[ManifestEntry]:
+    """A local version's manifest; read and verified again only when its file was replaced.
+
+    The store writes a manifest once, to a new file renamed into place, and never edits one.
+    """
+    path = str(store.versions / cut / META_DIR / "manifest.json")
+    info = os.stat(path)
+    key = (info.st_ino, info.st_size, info.st_mtime_ns)
+    cached = _MANIFESTS.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    entries = store.manifest(cut)
+    _MANIFESTS[path] = (key, entries)
+    return entries
+
+
+def _local_index(store: Store) -> dict[tuple[str, int], str]:
     """Every file of every complete local version by content, the active version's first."""
-    index: dict[tuple[str, int], Path] = {}
+    index: dict[tuple[str, int], str] = {}
     active = store.active_cut()
-    ordered = sorted(store.cuts(), key=lambda c: c != active)
+    cuts = store.cuts()
+    ordered = sorted(cuts, key=lambda c: c != active)
     for cut in ordered:
         try:
-            entries = store.manifest(cut)
+            entries = _manifest(store, cut)
         except (OSError, ValueError):
             continue
+        root = f"{store.versions / cut}/"
         for entry in entries:
-            index.setdefault((entry.sha256, entry.size), store.versions / cut / entry.path)
+            index.setdefault((entry.sha256, entry.size), root + entry.path)
+    # Forget the manifests of versions pruned since.
+    present = {str(store.versions / cut / META_DIR / "manifest.json") for cut in cuts}
+    for path in [p for p in _MANIFESTS if p.startswith(f"{store.versions}/") and p not in present]:
+        del _MANIFESTS[path]
     return index
 
 
@@ -220,17 +250,21 @@ def _fetch_part(request: _Request, cut: str, part: dict[str, ManifestEntry], wor
 
 
 def _link_known(
-    entries: list[ManifestEntry], work: Path, index: dict[tuple[str, int], Path]
+    entries: list[ManifestEntry], work: Path, index: dict[tuple[str, int], str]
 ) -> tuple[int, dict[str, ManifestEntry]]:
     needed: dict[str, ManifestEntry] = {}
     linked = 0
+    made: set[str] = set()
+    root = f"{work}/"
     for entry in entries:
+        parent = entry.path.rpartition("/")[0]
+        if parent not in made:
+            os.makedirs(root + parent, exist_ok=True)
+            made.add(parent)
         known = index.get((entry.sha256, entry.size))
-        target = work / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
         if known is not None:
             try:
-                os.link(known, target)
+                os.link(known, root + entry.path)
                 linked += 1
                 continue
             except OSError:
