@@ -14,7 +14,8 @@ first pod serving -> last pod serving; `verified_s` = rename done -> PrepCut Ver
 receiving pod (validation and storage, the baseline the promotion adds to, measured in the same
 run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator saw the
 first and the last other pod report the cut staged, and committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
-already had are hard links, not fetched). Reports p50 and p99; goal: serving_s p99 under 1 s
+already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
+after the last promotion. Reports p50 and p99; goal: serving_s p99 under 1 s
 for 10 pods, skew under 0.2 s, and a 30-pod run that shows how the time grows with the pods.
 """
 
@@ -99,6 +100,17 @@ def moved_bytes(pod: HostPod, cut_id: str) -> int:
         if info.st_nlink == 1:
             total += info.st_size
     return total
+
+
+def agent_rss_mb(pod: HostPod) -> float | None:
+    """Resident memory of a pod's agent process, in MB (None when it is not running)."""
+    proc = pod.procs.get("agent")
+    if proc is None or proc.popen is None or proc.popen.poll() is not None:
+        return None
+    for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def upload(harness: Harness, pod: HostPod, archive: Path, *, key: Path, known_hosts: Path) -> None:
@@ -255,6 +267,7 @@ def run_size(
                 )
             )  # fmt: skip
             archive.unlink()
+        rss = [m for p in harness.running() if (m := agent_rss_mb(p)) is not None]
     finally:
         harness.stop()
         kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
@@ -291,6 +304,7 @@ def run_size(
         "ratio_serving_to_verified_p50": round(
             statistics.median(serving) / max(statistics.median(verify), 1e-6), 2
         ),
+        "agent_rss_mb_p50": round(statistics.median(rss), 1) if rss else None,
         "meets_goal": percentile(serving, 0.99) < 1.0 and percentile(skew, 0.99) < 0.2,
     }
 

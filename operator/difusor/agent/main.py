@@ -315,9 +315,10 @@ class Agent:
                 log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
                 continue
             log.info(
-                "Fetched cut %s from %s in %.2f s (%d files linked, %d fetched, %d bytes)",
+                "Fetched cut %s from %s in %.2f s (%d files linked, %d fetched, %d bytes; "
+                "%d ms flushing to disk)",
                 cut, peer, time.monotonic() - began, counts["linked"], counts["fetched"],
-                counts["bytes"],
+                counts["bytes"], counts["sync_ms"],
             )  # fmt: skip
             return True
         return False

@@ -19,6 +19,7 @@ import os
 import socket
 import stat
 import tarfile
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -183,14 +184,15 @@ def fetch_version(
     expected_digest: str | None,
     helpers: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Install versions/<cut>/ from a peer; returns the files linked and fetched, bytes fetched.
+    """Install versions/<cut>/ from a peer; returns the files linked and fetched, bytes fetched
+    and the milliseconds the flush to disk took.
 
     The manifest comes from `peer`; the files to fetch are split by size between `peer` and up
     to MAX_SENDERS - 1 `helpers` (other peers that have the cut), which send at once.
     """
     final = store.versions / cut
     if final.exists():
-        return {"linked": 0, "fetched": 0, "bytes": 0}
+        return {"linked": 0, "fetched": 0, "bytes": 0, "sync_ms": 0}
     request = _Request(peer, token)
     with request.open("GET", f"/v1/versions/{cut}/manifest") as resp:
         payload: dict[str, Any] = json.loads(resp.read())
@@ -223,13 +225,20 @@ def fetch_version(
         meta.mkdir(exist_ok=True)
         write_json(meta / "manifest.json", document)
         write_json(meta / "cut.json", {**record, "fetchedFrom": peer})
+        synced = time.monotonic()
         syncfs(store.versions)
+        synced = time.monotonic() - synced
         os.rename(work, final)
         fsync_dir(store.versions)
     except BaseException:
         remove(work)
         raise
-    return {"linked": linked, "fetched": len(entries) - linked, "bytes": total}
+    return {
+        "linked": linked,
+        "fetched": len(entries) - linked,
+        "bytes": total,
+        "sync_ms": round(synced * 1000),
+    }
 
 
 def _split(needed: dict[str, ManifestEntry], ways: int) -> list[dict[str, ManifestEntry]]:
