@@ -114,9 +114,14 @@ def test_a_fetched_version_is_identical_and_links_what_the_pod_already_has(
         ).read_bytes()
     local.swap_current("20240602_2040")
     second = _ingest(source, tmp_path, "20240602_2100", seed=2)
+
+    def no_split() -> list[str]:
+        raise AssertionError("a fetch this small must not look up other peers")
+
     counts = fetch_version(
-        local, cut="20240602_2100", peer=url, token=TOKEN, expected_digest=second
-    )
+        local, cut="20240602_2100", peer=url, token=TOKEN, expected_digest=second,
+        helpers=no_split,
+    )  # fmt: skip
     # Only what changed travels (main.json and the CSV, which carry the cut time); the rest is a
     # hard link to the version the pod already has.
     before = {(e.sha256, e.size) for e in source.manifest("20240602_2040")}
@@ -205,7 +210,7 @@ def test_a_large_fetch_is_split_between_the_peers_that_have_the_cut(
         local = _store(tmp_path / "c")
         counts = fetch_version(
             local, cut="20240602_2040", peer=first_url, token=TOKEN, expected_digest=digest,
-            helpers=[second_url],
+            helpers=lambda: [second_url],
         )  # fmt: skip
     assert counts["fetched"] == len(files)
     assert counts["bytes"] == sum(len(data) for data in files.values())

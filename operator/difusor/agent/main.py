@@ -10,6 +10,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +41,7 @@ from difusor.kube import (
     api_client,
     custom_path,
     list_pods,
+    read,
     request,
 )
 from difusor.logic.archive import ManifestEntry
@@ -269,7 +271,8 @@ class Agent:
         target = rollout.get("targetCut") if phase in (STAGING, COMMITTING) else None
         local = set(self.store.cuts())
         for cut in (target, active):
-            if cut and cut not in local and self._fetch(cut):
+            fresh = phase == STAGING and cut == target
+            if cut and cut not in local and self._fetch(cut, staging=fresh):
                 local.add(cut)
         current = self.store.active_cut()
         if phase == COMMITTING and target in local and current != target:
@@ -291,7 +294,7 @@ class Agent:
             keep=spec.retention.cuts, protected=[active, target, spec.pinned_cut, current]
         )
 
-    def _fetch(self, cut: str) -> bool:
+    def _fetch(self, cut: str, *, staging: bool = False) -> bool:
         record = self.records.get(self.config.publication, cut) or {}
         digest = (record.get("spec") or {}).get("manifestDigest")
         received_by = (record.get("spec") or {}).get("receivedBy")
@@ -300,28 +303,68 @@ class Agent:
             log.warning("Not fetching cut %s: its PrepCut has no manifest digest", cut)
             return False
         began = time.monotonic()
-        peers = self._peers_with(cut, prefer=received_by)
+        # While a new cut stages, the pod that received it is the one that has it: asked for
+        # alone, it spares listing every pod (with every pod fetching at once, that grew with
+        # the square of the pods). The list is read when a split would pay, and when that pod
+        # cannot send the cut; a later fetch (a pod replaced) spreads over every peer.
+        receiver = self._pod_url(received_by) if staging and received_by else None
+        if receiver is not None:
+            counts = self._fetch_from(
+                cut,
+                receiver,
+                digest,
+                lambda: [p for p in self._peers_with(cut, prefer=received_by) if p != receiver],
+            )
+            if counts is not None:
+                self._fetched(cut, receiver, counts, began)
+                return True
+        peers = [p for p in self._peers_with(cut, prefer=received_by) if p != receiver]
         for n, peer in enumerate(peers):
-            try:
-                counts = fetch_version(
-                    self.store,
-                    cut=cut,
-                    peer=peer,
-                    token=self.token,
-                    expected_digest=digest,
-                    helpers=peers[n + 1 :],
-                )
-            except (PeerError, OSError) as exc:
-                log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
+            counts = self._fetch_from(cut, peer, digest, peers[n + 1 :])
+            if counts is None:
                 continue
-            log.info(
-                "Fetched cut %s from %s in %.2f s (%d files linked, %d fetched, %d bytes; "
-                "%d ms flushing to disk)",
-                cut, peer, time.monotonic() - began, counts["linked"], counts["fetched"],
-                counts["bytes"], counts["sync_ms"],
-            )  # fmt: skip
+            self._fetched(cut, peer, counts, began)
             return True
         return False
+
+    def _fetch_from(
+        self,
+        cut: str,
+        peer: str,
+        digest: str,
+        helpers: Sequence[str] | Callable[[], Sequence[str]],
+    ) -> dict[str, int] | None:
+        """Fetch the cut from one peer; None (logged) when that peer could not give it."""
+        try:
+            return fetch_version(
+                self.store,
+                cut=cut,
+                peer=peer,
+                token=self.token,
+                expected_digest=digest,
+                helpers=helpers,
+            )
+        except (PeerError, OSError) as exc:
+            log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
+            return None
+
+    def _fetched(self, cut: str, peer: str, counts: dict[str, int], began: float) -> None:
+        log.info(
+            "Fetched cut %s from %s in %.2f s (%d files linked, %d fetched, %d bytes; "
+            "%d ms flushing to disk)",
+            cut, peer, time.monotonic() - began, counts["linked"], counts["fetched"],
+            counts["bytes"], counts["sync_ms"],
+        )  # fmt: skip
+
+    def _pod_url(self, name: str) -> str | None:
+        """The agent URL of another pod of this publication, or None (gone, going, no IP yet)."""
+        if name == self.config.pod:
+            return None
+        pod = read(self.api, f"/api/v1/namespaces/{self.config.namespace}/pods/{name}")
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return None
+        ip = (pod.get("status") or {}).get("podIP")
+        return f"http://{ip}:{self.config.port}" if ip else None
 
     def _peers_with(self, cut: str, *, prefer: str | None) -> list[str]:
         """Peers that hold the cut, in random order so that fetches spread over all of them.

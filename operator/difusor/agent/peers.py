@@ -20,7 +20,7 @@ import socket
 import stat
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -182,13 +182,14 @@ def fetch_version(
     peer: str,
     token: str,
     expected_digest: str | None,
-    helpers: Sequence[str] = (),
+    helpers: Sequence[str] | Callable[[], Sequence[str]] = (),
 ) -> dict[str, int]:
     """Install versions/<cut>/ from a peer; returns the files linked and fetched, bytes fetched
     and the milliseconds the flush to disk took.
 
     The manifest comes from `peer`; the files to fetch are split by size between `peer` and up
-    to MAX_SENDERS - 1 `helpers` (other peers that have the cut), which send at once.
+    to MAX_SENDERS - 1 `helpers` (other peers that have the cut), which send at once. Given as a
+    function, the helpers are looked up only when there is enough to fetch to split.
     """
     final = store.versions / cut
     if final.exists():
@@ -210,10 +211,11 @@ def fetch_version(
     work.mkdir(parents=True)
     try:
         linked, needed = _link_known(entries, work, _local_index(store))
-        senders = [request, *(_Request(h, token) for h in helpers[: MAX_SENDERS - 1])]
         total = sum(e.size for e in needed.values())
-        if total <= SPLIT_ABOVE:
-            senders = senders[:1]
+        senders = [request]
+        if total > SPLIT_ABOVE:
+            others = helpers() if callable(helpers) else helpers
+            senders += [_Request(h, token) for h in others[: MAX_SENDERS - 1]]
         parts = [p for p in _split(needed, len(senders)) if p]
         if parts:
             with ThreadPoolExecutor(max_workers=len(parts)) as pool:
