@@ -194,12 +194,7 @@ class Cluster:
 
     def read_secret(self, name: str, namespace: str) -> Obj | None:
         """A Secret as a dict, or None."""
-        try:
-            return request(self.api, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return read(self.api, secret_path(namespace, name))
 
     def create_if_absent(
         self, key: ObjectKey, build: Callable[[], Obj], *, if_unknown: bool = False
@@ -276,6 +271,11 @@ def custom_path(namespace: str, plural: str, name: str = "", subresource: str = 
         if part:
             path += f"/{part}"
     return path
+
+
+def secret_path(namespace: str, name: str) -> str:
+    """The path of a Secret."""
+    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
 
 
 def read(api: k8s.ApiClient, path: str) -> Obj | None:

@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 
 from difusor.cdn.client import PurgeError, scrub
 from difusor.cdn.providers import Result, Site, purge
-from difusor.kube import request
+from difusor.kube import read, secret_path
 from difusor.logic.archive import manifest_entries
 from difusor.logic.purge import CAPS, Backoff, Configured, Manifest, Plan, attempt_delay, plan_purge
 from difusor.models import PrepPublicationSpec
@@ -97,11 +97,11 @@ def _secret_data(api: k8s.ApiClient, namespace: str, name: str | None) -> dict[s
     if not name:
         return {}
     try:
-        secret = request(api, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        secret = read(api, secret_path(namespace, name))
     except k8s.ApiException as exc:
-        if exc.status == 404:
-            raise PurgeError(f"Secret {name} (cdn.credentialsSecret) does not exist") from None
         raise PurgeError(f"could not read Secret {name}: {exc.reason}") from None
+    if secret is None:
+        raise PurgeError(f"Secret {name} (cdn.credentialsSecret) does not exist")
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
