@@ -114,7 +114,9 @@ class Promoter:
         self._running: set[tuple[str, str]] = set()
         self._again: set[tuple[str, str]] = set()
         self._said: dict[tuple[str, ...], datetime] = {}
-        self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="promotion-read")
+        # Two reads per step, and as many steps at once as kopf runs handlers (settings in
+        # handlers.configure); the threads start only when needed.
+        self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="promotion-read")
 
     def _fresh(self, key: tuple[str, ...], now: datetime) -> bool:
         """False for an Event said in the last ten minutes (a standing condition is said once)."""
