@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from difusor.ingest import stream
-from difusor.ingest.scan import Intake
+from difusor.ingest.scan import Intake, watch_incoming
 from difusor.ingest.store import Store, Stored
 from difusor.models import IngestSpec
 
@@ -165,3 +165,38 @@ def test_upload_that_goes_away_stops_being_followed_and_leaves_nothing(tmp_path:
     assert not intake.following
     assert not prefetch.work.exists()
     assert sorted(store.versions.iterdir()) == []
+
+
+def test_an_upload_wakes_the_loop_as_soon_as_it_appears_and_when_it_is_renamed(
+    tmp_path: Path,
+) -> None:
+    """The loop starts following an upload at once, not on its next pass."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    wake, stopping = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=watch_incoming, args=(incoming, wake, stopping))
+    watcher.start()
+    try:
+        probes = iter(range(1000))
+
+        def probe() -> bool:
+            (incoming / f"probe-{next(probes)}").touch()
+            return wake.wait(0.05)
+
+        # The watch is in place once a new file wakes it (the thread starts asynchronously).
+        wait_for("the watch", probe)
+        for path in incoming.glob("probe-*"):
+            path.unlink()
+        wake.clear()
+        (incoming / ".20240602_2040_PREP.zip.part").write_bytes(b"PK")
+        assert wake.wait(5), "creating an upload did not wake the loop"
+        wake.clear()
+        (incoming / ".20240602_2040_PREP.zip.part").rename(incoming / "20240602_2040_PREP.zip")
+        assert wake.wait(5), "renaming an upload into place did not wake the loop"
+        wake.clear()
+        (incoming / "20240602_2040_PREP.zip").write_bytes(b"PK again")
+        assert not wake.wait(0.3), "rewriting a file is not a new upload"
+    finally:
+        stopping.set()
+        watcher.join(timeout=5)
+    assert not watcher.is_alive()

@@ -34,7 +34,7 @@ from difusor.agent.peers import (
 from difusor.agent.records import Conflict, Records
 from difusor.agent.stats import StatsShipper, run_loop
 from difusor.agent.traffic import AttackReport, Traffic
-from difusor.ingest.scan import Intake
+from difusor.ingest.scan import Intake, watch_incoming
 from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import (
     STRATEGIC_MERGE_PATCH,
@@ -571,6 +571,12 @@ def run(config: AgentConfig) -> int:
     wake = agent.wake
     threading.Thread(
         target=watch_publication, args=(agent, wake, stopping), name="agent-watch", daemon=True
+    ).start()
+    threading.Thread(
+        target=watch_incoming,
+        args=(agent.store.incoming, wake, stopping),
+        name="agent-incoming",
+        daemon=True,
     ).start()
     shipper = StatsShipper(
         agent.api,

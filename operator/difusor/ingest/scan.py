@@ -13,6 +13,8 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from inotify_simple import INotify, flags
+
 from difusor.ingest.store import Hook, Quarantined, Store, Stored
 from difusor.ingest.stream import Prefetch
 from difusor.logic.archive import Reason, Rejected, parse_checksum
@@ -25,6 +27,29 @@ log = logging.getLogger(__name__)
 MAX_PREFETCHES = 4
 
 FileKey = tuple[int, int]
+
+
+def watch_incoming(incoming: Path, wake: threading.Event, stopping: threading.Event) -> None:
+    """Set `wake` as soon as an upload appears in incoming/ or is renamed there (inotify).
+
+    Otherwise the loop finds a new upload on its next pass, every half second: over a fast link
+    a 50 MB upload can be complete by then, and it was not followed while it arrived. Without
+    inotify (the node's limit of inotify instances reached) the passes still find every upload.
+    """
+    try:
+        inotify = INotify()
+    except OSError as exc:
+        log.warning("Not watching %s (%s): uploads are found on each pass", incoming, exc)
+        return
+    with inotify:
+        try:
+            inotify.add_watch(incoming, flags.CREATE | flags.MOVED_TO)
+        except OSError as exc:
+            log.warning("Not watching %s (%s): uploads are found on each pass", incoming, exc)
+            return
+        while not stopping.is_set():
+            if inotify.read(timeout=1000):
+                wake.set()
 
 
 def listing(incoming: Path) -> list[Listed]:
