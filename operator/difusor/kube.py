@@ -194,7 +194,7 @@ class Cluster:
 
     def read_secret(self, name: str, namespace: str) -> Obj | None:
         """A Secret as a dict, or None."""
-        return read(self.api, secret_path(namespace, name))
+        return read(self.api, core_path(namespace, "secrets", name))
 
     def create_if_absent(
         self, key: ObjectKey, build: Callable[[], Obj], *, if_unknown: bool = False
@@ -273,9 +273,10 @@ def custom_path(namespace: str, plural: str, name: str = "", subresource: str = 
     return path
 
 
-def secret_path(namespace: str, name: str) -> str:
-    """The path of a Secret."""
-    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+def core_path(namespace: str, plural: str, name: str = "") -> str:
+    """The path of core/v1 objects of a namespace (pods, secrets, configmaps...), or of one."""
+    path = f"/api/v1/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
 
 
 def read(api: k8s.ApiClient, path: str) -> Obj | None:
@@ -291,9 +292,7 @@ def read(api: k8s.ApiClient, path: str) -> Obj | None:
 def list_pods(api: k8s.ApiClient, namespace: str, selector: str) -> list[Obj]:
     """Pods as the API sends them (dicts, camelCase): building V1Pod models costs more CPU than
     everything else a promotion step does."""
-    found = request(
-        api, "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
-    )
+    found = request(api, "GET", core_path(namespace, "pods"), query=[("labelSelector", selector)])
     items: list[Obj] = found.get("items") or []
     return items
 
@@ -333,6 +332,6 @@ def publication_event(
         "reportingInstance": component,
     }
     try:
-        request(api, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        request(api, "POST", core_path(meta["namespace"], "events"), body=event)
     except k8s.ApiException as exc:
         log.warning("Could not record event %s on %s: %s", reason, meta["name"], exc.reason)

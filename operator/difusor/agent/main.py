@@ -39,6 +39,7 @@ from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import (
     STRATEGIC_MERGE_PATCH,
     api_client,
+    core_path,
     custom_path,
     list_pods,
     read,
@@ -360,7 +361,7 @@ class Agent:
         """The agent URL of another pod of this publication, or None (gone, going, no IP yet)."""
         if name == self.config.pod:
             return None
-        pod = read(self.api, f"/api/v1/namespaces/{self.config.namespace}/pods/{name}")
+        pod = read(self.api, core_path(self.config.namespace, "pods", name))
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             return None
         ip = (pod.get("status") or {}).get("podIP")
@@ -469,7 +470,7 @@ class Agent:
         request(
             self.api,
             "PATCH",
-            f"/api/v1/namespaces/{self.config.namespace}/pods/{self.config.pod}",
+            core_path(self.config.namespace, "pods", self.config.pod),
             body={"metadata": {"annotations": annotations}},
             content_type=STRATEGIC_MERGE_PATCH,
         )

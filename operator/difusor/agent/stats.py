@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 from kubernetes import client as k8s
 
-from difusor.kube import STRATEGIC_MERGE_PATCH, custom_path, read, request
+from difusor.kube import STRATEGIC_MERGE_PATCH, core_path, custom_path, read, request
 from difusor.logic.archive import parse_quantity
 from difusor.logic.stats import Compactor, HourStats, PageRules
 from difusor.models import GROUP, PrepPublicationSpec
@@ -80,16 +80,12 @@ def page_rules(spec: PrepPublicationSpec) -> PageRules:
     )
 
 
-def _config_map_path(namespace: str, name: str = "") -> str:
-    return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
-
-
 def read_hour(api: k8s.ApiClient, *, namespace: str, pod: str, hour: int) -> HourStats | None:
     """A pod's hour as shipped (every part), or None."""
     files: dict[str, bytes] = {}
     part = 0
     while True:
-        cm = read(api, _config_map_path(namespace, stats_object_name(pod, hour, part)))
+        cm = read(api, core_path(namespace, "configmaps", stats_object_name(pod, hour, part)))
         if cm is None:
             break
         files.update(_binary(cm))
@@ -164,7 +160,7 @@ class StatsShipper:
     def _restore(self) -> None:
         """Map the log files on the volume to generations, and replay them from their start."""
         cursor: dict[str, int] = {}
-        cm = read(self.api, _config_map_path(self.namespace, cursor_name(self.pod)))
+        cm = read(self.api, core_path(self.namespace, "configmaps", cursor_name(self.pod)))
         if cm is not None:
             notes = cm["metadata"].get("annotations") or {}
             cursor = json.loads(notes.get(CURSOR_ANNOTATION, "{}"))
@@ -306,7 +302,7 @@ class StatsShipper:
 
     def _upsert(self, name: str, body: dict[str, Any]) -> None:
         # patch, not update: the operator may grant the agents only verbs it holds itself.
-        path = _config_map_path(self.namespace)
+        path = core_path(self.namespace, "configmaps")
         try:
             request(
                 self.api, "PATCH", f"{path}/{name}", body=body, content_type=STRATEGIC_MERGE_PATCH

@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 
 from difusor.cdn.client import PurgeError, scrub
 from difusor.cdn.providers import Result, Site, purge
-from difusor.kube import read, secret_path
+from difusor.kube import core_path, read
 from difusor.logic.archive import manifest_entries
 from difusor.logic.purge import CAPS, Backoff, Configured, Manifest, Plan, attempt_delay, plan_purge
 from difusor.models import PrepPublicationSpec
@@ -97,7 +97,7 @@ def _secret_data(api: k8s.ApiClient, namespace: str, name: str | None) -> dict[s
     if not name:
         return {}
     try:
-        secret = read(api, secret_path(namespace, name))
+        secret = read(api, core_path(namespace, "secrets", name))
     except k8s.ApiException as exc:
         raise PurgeError(f"could not read Secret {name}: {exc.reason}") from None
     if secret is None:

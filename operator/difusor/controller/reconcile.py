@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller import secrets
-from difusor.kube import Cluster, publication_event, request
+from difusor.kube import Cluster, core_path, publication_event, read
 from difusor.logic.conditions import Observation, compute_conditions
 from difusor.logic.window import window_status
 from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase
@@ -252,30 +252,16 @@ class Reconciler:
         window = spec.window
         if window is None or window.phase_at(datetime.now(UTC)) is not WindowPhase.PENDING:
             return None
-        try:
-            request(
-                self.cluster.api,
-                "GET",
-                f"/api/v1/namespaces/{namespace}/configmaps/{window.placeholder_config_map}",
-            )
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                raise
+        name = window.placeholder_config_map
+        if read(self.cluster.api, core_path(namespace, "configmaps", name)) is None:
             return (
-                f"ConfigMap {window.placeholder_config_map} (spec.window.placeholderConfigMap) "
+                f"ConfigMap {name} (spec.window.placeholderConfigMap) "
                 "does not exist: until the window opens readers get 404"
             )
         return None
 
     def _statefulset(self, name: str, namespace: str) -> Obj | None:
-        try:
-            return request(
-                self.cluster.api, "GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
-            )
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return read(self.cluster.api, f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")
 
     def _prune(self, desired: list[Obj], *, namespace: str, publication: str) -> list[str]:
         """Delete children the spec no longer asks for (say, an Ingress after a switch to Gateway)."""
