@@ -15,7 +15,9 @@ receiving pod (validation and storage, the baseline the promotion adds to, measu
 run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator saw the
 first and the last other pod report the cut staged, and committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
 already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
-after the last promotion. Reports p50 and p99; goal: serving_s p99 under 1 s
+after the last promotion. `--history N` records N earlier cuts of the night before the first
+one (PrepCuts Superseded, every pod's report and a purge on each, as the operator leaves them):
+the 288th cut of a night with one every five minutes is `--history 287`. Reports p50 and p99; goal: serving_s p99 under 1 s
 for 10 pods, skew under 0.2 s, and a 30-pod run that shows how the time grows with the pods.
 """
 
@@ -45,6 +47,10 @@ from bench.common import operator_on_a_cluster  # noqa: E402
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import BIN, kubectl, wait_for  # noqa: E402
 from tests.hostpods import HTTP_PORT, Harness, HostPod, host_public_key, sftp_put  # noqa: E402
+
+from difusor.kube import MERGE_PATCH, api_client, custom_path, request  # noqa: E402
+from difusor.models import API_VERSION, cut_object_name  # noqa: E402
+from difusor.render.labels import PUBLICATION_LABEL  # noqa: E402
 
 PUB = "prep-bench"
 #: How often each pod's main.json is asked for while a promotion is timed.
@@ -147,6 +153,54 @@ def phases(record: dict[str, Any], *, receiver: str, done: float) -> dict[str, f
     return {k: v for k, v in out.items() if v is not None}
 
 
+def record_history(kubeconfig: str, namespace: str, *, cuts: int, pods: int) -> None:
+    """PrepCuts of `cuts` earlier cuts (the day before, every five minutes), as promoted ones
+    end: Superseded, with every pod's report and a purge recorded."""
+    api = api_client(kubeconfig)
+    for n in range(cuts):
+        minutes = n * 5
+        cut_id = f"20240601_{minutes // 60 % 24:02d}{minutes % 60:02d}"
+        if minutes >= 24 * 60:
+            cut_id = f"20240531_{minutes // 60 % 24:02d}{minutes % 60:02d}"
+        name = cut_object_name(PUB, cut_id)
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "PrepCut",
+            "metadata": {"name": name, "labels": {PUBLICATION_LABEL: PUB}},
+            "spec": {
+                "publication": PUB,
+                "id": cut_id,
+                "archive": f"{cut_id}_PREP.zip",
+                "archiveSha256": f"{n:064x}",
+                "manifestDigest": f"sha256:{n:064x}",
+                "files": 501,
+                "bytes": 50_000_000,
+                "receivedBy": f"{PUB}-web-0",
+            },
+        }
+        request(api, "POST", custom_path(namespace, "prepcuts"), body=body)
+        at = "2024-06-01T12:00:00.000000Z"
+        status = {
+            "phase": "Superseded",
+            "receivedAt": at,
+            "verifiedAt": at,
+            "stagedAt": at,
+            "committedAt": at,
+            "servingAt": at,
+            "pods": {f"{PUB}-web-{i}": {"stagedAt": at, "activeAt": at} for i in range(pods)},
+            "purge": {"provider": "cloudflare", "outcome": "Succeeded", "attempts": 1,
+                      "requestedAt": at, "completedAt": at, "requestId": f"{n:032x}",
+                      "requests": 1, "items": 30, "plan": "paths"},
+        }  # fmt: skip
+        request(
+            api,
+            "PATCH",
+            custom_path(namespace, "prepcuts", name, "status"),
+            body={"status": status},
+            content_type=MERGE_PATCH,
+        )
+
+
 def promote_once(
     harness: Harness,
     kubeconfig: str,
@@ -215,6 +269,7 @@ def run_size(
     files: int,
     changed: float,
     work: Path,
+    history: int = 0,
 ) -> dict[str, Any]:
     namespace = f"bench-{pods}-{uuid.uuid4().hex[:5]}"
     kubectl(kubeconfig, "create", "namespace", namespace)
@@ -250,6 +305,7 @@ def run_size(
     results: list[dict[str, float]] = []
     try:
         wait_for(f"{pods} host pods", lambda: len(harness.running()) == pods, timeout=300)
+        record_history(kubeconfig, namespace, cuts=history, pods=pods)
 
         public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
         known_hosts = work / f"known-{pods}"
@@ -282,6 +338,7 @@ def run_size(
         "cut_mb": megabytes,
         "files": files,
         "changed_fraction": changed,
+        "earlier_cuts": history,
         "first_cut": {k: round(v, 3) for k, v in first.items()},
         "moved_mb_per_promotion": {
             "p50": percentile([r["moved_mb"] for r in results], 0.5),
@@ -319,6 +376,9 @@ def main() -> int:
     )
     parser.add_argument("--changed", type=float, default=0.05, help="fraction rewritten each cut")
     parser.add_argument("--pods", type=int, nargs="*", default=None, help="pod counts to run")
+    parser.add_argument(
+        "--history", type=int, default=0, help="earlier cuts recorded before the first"
+    )
     args = parser.parse_args()
     promotions = args.promotions or (10 if args.quick else 12)
     megabytes = args.cut_mb or (5.0 if args.quick else 50.0)
@@ -335,6 +395,7 @@ def main() -> int:
                 files=args.files,
                 changed=args.changed,
                 work=bench.work,
+                history=args.history,
             )
             for n in sizes
         ]

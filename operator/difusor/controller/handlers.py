@@ -144,15 +144,27 @@ def promotion_clock(
         _promote(memo, namespace, name)
 
 
+def _deleted(event: kopf.RawEvent) -> bool:
+    return event.get("type") == "DELETED"
+
+
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: "difusor", COMPONENT_LABEL: "web"})
-def pod_reported(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+def pod_reported(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """An agent reported (staged, active) or a pod came or went: take the next promotion step."""
+    promoter: Promoter = memo.promoter
+    promoter.pods.saw(event["object"], deleted=_deleted(event))
     _promote(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
 
 
 @kopf.on.event(GROUP, VERSION, "prepcuts")
-def cut_changed(spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+def cut_changed(
+    event: kopf.RawEvent, spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """A cut was received or verified: it may start a promotion."""
+    promoter: Promoter = memo.promoter
+    promoter.cuts.saw(event["object"], deleted=_deleted(event))
     _promote(memo, namespace, spec.get("publication"))
 
 

@@ -11,8 +11,9 @@ from typing import Any
 from kubernetes import client as k8s
 
 from difusor.controller.incidents import Incidents
+from difusor.controller.mirror import Mirror
 from difusor.controller.purge import PodAddress, Purger, cut_purge_patch, summary
-from difusor.kube import custom_path, list_pods, publication_event, read, request
+from difusor.kube import MERGE_PATCH, core_path, custom_path, publication_event, read, request
 from difusor.logic.conditions import PURGE_FAILED_REASON, set_condition
 from difusor.logic.promotion import (
     COMMITTED,
@@ -29,8 +30,6 @@ from difusor.logic.promotion import (
 )
 from difusor.metrics import OperatorMetrics
 from difusor.models import (
-    GROUP,
-    VERSION,
     CdnProvider,
     PrepPublicationSpec,
     cut_object_name,
@@ -38,8 +37,10 @@ from difusor.models import (
 )
 from difusor.render.labels import (
     ACTIVE_ANNOTATION,
+    INSTANCE_LABEL,
     PUBLICATION_LABEL,
     STAGED_ANNOTATION,
+    selector_labels,
     selector_string,
 )
 
@@ -109,13 +110,16 @@ class Promoter:
         self.metrics = metrics or OperatorMetrics()
         self.incidents = Incidents(api, self.metrics)
         self.purger = purger or Purger(api)
-        self.custom = k8s.CustomObjectsApi(api)
+        # PrepCuts and web pods as kopf's watches deliver them (handlers.cut_changed and
+        # pod_reported feed these): a step reads no list, however many cuts the night has had.
+        self.cuts = Mirror(self._list_cuts, _cut_publication)
+        self.pods = Mirror(self._list_pods, _pod_publication)
         self._guard = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._again: set[tuple[str, str]] = set()
         self._said: dict[tuple[str, ...], datetime] = {}
-        # Two reads per step, and as many steps at once as kopf runs handlers (settings in
-        # handlers.configure); the threads start only when needed.
+        # Up to three reads per step (the mirrors list when due), and as many steps at once as
+        # kopf runs handlers (settings in handlers.configure); the threads start when needed.
         self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="promotion-read")
 
     def _fresh(self, key: tuple[str, ...], now: datetime) -> bool:
@@ -151,25 +155,44 @@ class Promoter:
                 self._again.discard(key)
             raise
 
-    def _one_step(self, namespace: str, name: str, now: datetime) -> Decision | None:
-        # The three reads go at once: a step is on the path of every promotion twice (the pods'
-        # staged reports, then their swaps), and one read after the other tripled its wait.
-        pods = self._reads.submit(list_pods, self.api, namespace, selector_string(name))
-        cuts = self._reads.submit(
-            request,
+    def _list_cuts(self, namespace: str, publication: str) -> Obj:
+        query = [("labelSelector", f"{PUBLICATION_LABEL}={publication}")]
+        return request(self.api, "GET", custom_path(namespace, "prepcuts"), query=query)
+
+    def _list_pods(self, namespace: str, publication: str) -> Obj:
+        query = [("labelSelector", selector_string(publication))]
+        return request(self.api, "GET", core_path(namespace, "pods"), query=query)
+
+    def _patch_status(self, namespace: str, plural: str, name: str, status: Obj) -> Obj:
+        """Merge `status` into a publication's or a PrepCut's status; the answer goes to the
+        mirror, which has it before the watch brings it."""
+        answer = request(
             self.api,
-            "GET",
-            custom_path(namespace, "prepcuts"),
-            query=[("labelSelector", f"{PUBLICATION_LABEL}={name}")],
+            "PATCH",
+            custom_path(namespace, plural, name, "status"),
+            body={"status": status},
+            content_type=MERGE_PATCH,
         )
+        if plural == "prepcuts":
+            self.cuts.saw(answer)
+        return answer
+
+    def _one_step(self, namespace: str, name: str, now: datetime) -> Decision | None:
+        # The reads go at once: a step is on the path of every promotion twice (the pods'
+        # staged reports, then their swaps), and one read after the other tripled its wait.
+        # The mirrors answer from memory, except when a list is due.
+        pods = self._reads.submit(self.pods.items, namespace, name)
+        cuts = self._reads.submit(self.cuts.items, namespace, name)
         publication = read(self.api, custom_path(namespace, "preppublications", name))
         if publication is None:
+            self.cuts.forget(namespace, name)
+            self.pods.forget(namespace, name)
             return None
         try:
             spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
         except ValueError:
             return None
-        return self._step(publication, spec, now, pods.result(), cuts.result().get("items", []))
+        return self._step(publication, spec, now, pods.result(), cuts.result())
 
     def _step(
         self,
@@ -202,7 +225,7 @@ class Promoter:
             cdn=spec.cdn.provider is not CdnProvider.NONE,
         )
         decision = decide(inputs, now)
-        self._act(publication, inputs, decision, cuts_raw, views, now)
+        by_id = self._act(publication, inputs, decision, cuts_raw, views, now)
         if decision.purge:
             # Pods serving the target first: they surely hold it.
             addresses = sorted(
@@ -211,7 +234,7 @@ class Promoter:
                     (v.active != decision.purge for v in views if v.name == a.name), True
                 ),
             )
-            self._purge(publication, spec, decision.purge, cuts_raw, addresses)
+            self._purge(publication, spec, decision.purge, by_id, addresses)
         return decision
 
     def _act(
@@ -222,7 +245,8 @@ class Promoter:
         cuts_raw: list[Obj],
         views: tuple[PodView, ...],
         now: datetime,
-    ) -> None:
+    ) -> dict[str, Obj]:
+        """Write what the decision says; answers the cuts by id as they are after it."""
         meta = publication["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         by_id = {c["spec"]["id"]: c for c in cuts_raw}
@@ -251,30 +275,30 @@ class Promoter:
                 "promotedAt": _stamp(now),
             }
         if patch:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "preppublications", name, {"status": patch}
-            )
+            self._patch_status(namespace, "preppublications", name, patch)
         went_live = decision.active if decision.active != inputs.active else None
         if went_live and went_live in by_id:
             live = by_id[went_live]
             if not (live.get("status") or {}).get("servingAt"):
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, "prepcuts", cut_object_name(name, went_live),
-                    {"status": {"servingAt": _stamp(now)}},
+                by_id[went_live] = self._patch_status(
+                    namespace, "prepcuts", cut_object_name(name, went_live),
+                    {"servingAt": _stamp(now)},
                 )  # fmt: skip
-                live.setdefault("status", {})["servingAt"] = _stamp(now)
         if decision.purge_skipped and decision.purge_skipped in by_id:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "prepcuts",
-                cut_object_name(name, decision.purge_skipped),
-                {"status": {"purge": {"outcome": PURGE_SKIPPED, "nextAttemptAt": None}}},
+            self._patch_status(
+                namespace, "prepcuts", cut_object_name(name, decision.purge_skipped),
+                {"purge": {"outcome": PURGE_SKIPPED, "nextAttemptAt": None}},
             )  # fmt: skip
         self._observe(publication, inputs, decision, by_id, now)
         target = decision.rollout.target or inputs.rollout.target
         for cut_id, phase in decision.cut_phases.items():
-            self._cut_status(namespace, name, by_id.get(cut_id), phase=phase, now=now)
+            if cut_id in by_id:
+                by_id[cut_id] = self._cut_status(
+                    namespace, name, by_id[cut_id], phase=phase, now=now
+                )
         if target and target in by_id:
             self._pod_reports(namespace, name, by_id[target], views, now)
+        return by_id
 
     def _observe(
         self,
@@ -340,23 +364,22 @@ class Promoter:
         publication: Obj,
         spec: PrepPublicationSpec,
         cut_id: str,
-        cuts_raw: list[Obj],
+        by_id: dict[str, Obj],
         pods: list[PodAddress],
     ) -> None:
         """One purge attempt, recorded on the PrepCut and the publication, with an Event."""
         meta = publication["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        by_id = {c["spec"]["id"]: c for c in cuts_raw}
         status = publication.get("status") or {}
         previous = (by_id.get(cut_id, {}).get("status") or {}).get("purge") or {}
         attempts = int(previous.get("attempts") or 0) + 1
         provider = spec.cdn.provider.value
         cut_name = cut_object_name(name, cut_id)
         # Recorded before the first request: a restart mid-purge finds it Pending and sends again.
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "prepcuts", cut_name,
-            {"status": {"purge": {"provider": provider, "outcome": "Pending",
-                                  "attempts": attempts, "message": None}}},
+        self._patch_status(
+            namespace, "prepcuts", cut_name,
+            {"purge": {"provider": provider, "outcome": "Pending", "attempts": attempts,
+                       "message": None}},
         )  # fmt: skip
         purged_cut = (status.get("purge") or {}).get("purgedCut")
         outcome = self.purger.run(
@@ -364,9 +387,7 @@ class Promoter:
             purged_cut=purged_cut, pods=pods, attempts=attempts,
         )  # fmt: skip
         patch = cut_purge_patch(outcome, provider=provider, attempts=attempts)
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "prepcuts", cut_name, {"status": {"purge": patch}}
-        )
+        self._patch_status(namespace, "prepcuts", cut_name, {"purge": patch})
         message = summary(outcome, cut_id, provider)
         labels = (namespace, name)
         if outcome.ok and outcome.completed_at:
@@ -403,9 +424,7 @@ class Promoter:
         status_patch: Obj = {"purge": pub_purge}
         if conditions != list(status.get("conditions") or []):
             status_patch["conditions"] = conditions
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "preppublications", name, {"status": status_patch}
-        )
+        self._patch_status(namespace, "preppublications", name, status_patch)
         publication_event(
             self.api,
             metadata=meta,
@@ -416,10 +435,8 @@ class Promoter:
         )
 
     def _cut_status(
-        self, namespace: str, publication: str, cut: Obj | None, *, phase: str, now: datetime
-    ) -> None:
-        if cut is None:
-            return
+        self, namespace: str, publication: str, cut: Obj, *, phase: str, now: datetime
+    ) -> Obj:
         stamp = _stamp(now)
         current = cut.get("status") or {}
         patch: Obj = {"phase": phase}
@@ -431,9 +448,8 @@ class Promoter:
             patch["committedAt"] = current.get("committedAt") or stamp
         elif phase == STAGING:
             patch["stagedAt"] = None
-        name = cut_object_name(publication, cut["spec"]["id"])
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "prepcuts", name, {"status": patch}
+        return self._patch_status(
+            namespace, "prepcuts", cut_object_name(publication, cut["spec"]["id"]), patch
         )
 
     def _pod_reports(
@@ -452,10 +468,23 @@ class Promoter:
             if report != before:
                 changed[pod.name] = report
         if changed:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "prepcuts", cut_object_name(publication, cut_id),
-                {"status": {"pods": changed}},
-            )  # fmt: skip
+            self._patch_status(
+                namespace, "prepcuts", cut_object_name(publication, cut_id), {"pods": changed}
+            )
+
+
+def _cut_publication(cut: Obj) -> str | None:
+    """The publication a PrepCut belongs to, by the label its list selects on."""
+    return ((cut.get("metadata") or {}).get("labels") or {}).get(PUBLICATION_LABEL)
+
+
+def _pod_publication(pod: Obj) -> str | None:
+    """The publication whose web pods' selector matches this pod, if any."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    publication = labels.get(INSTANCE_LABEL)
+    if not publication or any(labels.get(k) != v for k, v in selector_labels(publication).items()):
+        return None
+    return str(publication)
 
 
 def _pod_ip(pod: Obj) -> str:
