@@ -154,7 +154,7 @@ def pod_reported(
 ) -> None:
     """An agent reported (staged, active) or a pod came or went: take the next promotion step."""
     promoter: Promoter = memo.promoter
-    promoter.pods.saw(event["object"], deleted=_deleted(event))
+    promoter.pods.saw(dict(event["object"]), deleted=_deleted(event))
     _promote(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
 
 
@@ -164,7 +164,7 @@ def cut_changed(
 ) -> None:
     """A cut was received or verified: it may start a promotion."""
     promoter: Promoter = memo.promoter
-    promoter.cuts.saw(event["object"], deleted=_deleted(event))
+    promoter.cuts.saw(dict(event["object"]), deleted=_deleted(event))
     _promote(memo, namespace, spec.get("publication"))
 
 
