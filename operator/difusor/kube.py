@@ -273,6 +273,17 @@ def custom_path(namespace: str, plural: str, name: str = "", subresource: str = 
     return path
 
 
+def patch_status(api: k8s.ApiClient, namespace: str, plural: str, name: str, status: Obj) -> Obj:
+    """Merge `status` into the status of one of difusor's custom objects; answers the object."""
+    return request(
+        api,
+        "PATCH",
+        custom_path(namespace, plural, name, "status"),
+        body={"status": status},
+        content_type=MERGE_PATCH,
+    )
+
+
 def core_path(namespace: str, plural: str, name: str = "") -> str:
     """The path of core/v1 objects of a namespace (pods, secrets, configmaps...), or of one."""
     path = f"/api/v1/namespaces/{namespace}/{plural}"

@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from difusor.ingest.store import Quarantined, Stored
-from difusor.kube import MERGE_PATCH, custom_path, publication_event, read, request
+from difusor.kube import custom_path, patch_status, publication_event, read, request
 from difusor.models import API_VERSION, cut_object_name
 from difusor.render.labels import PUBLICATION_LABEL, common_labels, owner_reference
 
@@ -64,13 +64,7 @@ class Records:
         return created
 
     def _status(self, name: str, status: Obj) -> None:
-        request(
-            self.api,
-            "PATCH",
-            custom_path(self.namespace, PLURAL, name, "status"),
-            body={"status": status},
-            content_type=MERGE_PATCH,
-        )
+        patch_status(self.api, self.namespace, PLURAL, name, status)
 
     def get(self, publication: str, cut_id: str) -> Obj | None:
         """The PrepCut of a cut, or None."""

@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from difusor.controller.incidents import Incidents
 from difusor.controller.mirror import Mirror
 from difusor.controller.purge import PodAddress, Purger, cut_purge_patch, summary
-from difusor.kube import MERGE_PATCH, core_path, custom_path, publication_event, read, request
+from difusor.kube import core_path, custom_path, patch_status, publication_event, read, request
 from difusor.logic.conditions import PURGE_FAILED_REASON, set_condition
 from difusor.logic.promotion import (
     COMMITTED,
@@ -166,13 +166,7 @@ class Promoter:
     def _patch_status(self, namespace: str, plural: str, name: str, status: Obj) -> Obj:
         """Merge `status` into a publication's or a PrepCut's status; the answer goes to the
         mirror, which has it before the watch brings it."""
-        answer = request(
-            self.api,
-            "PATCH",
-            custom_path(namespace, plural, name, "status"),
-            body={"status": status},
-            content_type=MERGE_PATCH,
-        )
+        answer = patch_status(self.api, namespace, plural, name, status)
         if plural == "prepcuts":
             self.cuts.saw(answer)
         return answer
