@@ -12,8 +12,8 @@ captured). The first cut of each run, where every file is new, is measured apart
 (`first_cut`). Per promotion: `serving_s` = rename done -> last pod serving the cut; `skew_s` =
 first pod serving -> last pod serving; `verified_s` = rename done -> PrepCut Verified on the
 receiving pod (validation and storage, the baseline the promotion adds to, measured in the same
-run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator saw the
-first and the last other pod report the cut staged, and committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
+run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator set the cut as
+every pod's target, saw the first and the last other pod report the cut staged, and committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
 already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
 after the last promotion. `--history N` records N earlier cuts of the night before the first
 one (PrepCuts Superseded, every pod's report and a purge on each, as the operator leaves them):
@@ -135,8 +135,8 @@ def phases(record: dict[str, Any], *, receiver: str, done: float) -> dict[str, f
     """When each step of the promotion happened, in seconds after the rename, from the PrepCut.
 
     `verifiedAt` is the receiving agent's clock; the rest is what the operator saw and when
-    (the same machine's clock): the first and the last other pod reporting the cut staged (the
-    operator's view of each fetch done), and the commit.
+    (the same machine's clock): its step that set the cut as every pod's target (`stagingAt`), the first and the last other pod reporting the cut staged (the operator's
+    view of each fetch done), and the commit.
     """
     status = record.get("status") or {}
     staged = [
@@ -146,6 +146,7 @@ def phases(record: dict[str, Any], *, receiver: str, done: float) -> dict[str, f
     ]
     out = {
         "verified_s": _since(status.get("verifiedAt"), done),
+        "staging_started_s": _since(status.get("stagingAt"), done),
         "first_peer_staged_s": min(staged, default=None),
         "last_peer_staged_s": max(staged, default=None),
         "committed_s": _since(status.get("committedAt"), done),
@@ -331,7 +332,13 @@ def run_size(
     serving = [r["serving_s"] for r in results]
     skew = [r["skew_s"] for r in results]
     verify = [r["verified_s"] for r in results]
-    steps = ("verified_s", "first_peer_staged_s", "last_peer_staged_s", "committed_s")
+    steps = (
+        "verified_s",
+        "staging_started_s",
+        "first_peer_staged_s",
+        "last_peer_staged_s",
+        "committed_s",
+    )
     return {
         "pods": pods,
         "promotions": len(results),

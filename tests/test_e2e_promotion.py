@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from difusor.models import parse_time
+
 from .archives import make_zip, site_files
 from .conftest import OperatorProcess, kubectl, wait_for
 from .hostpods import Harness, HostPod, dump_logs, host_public_key, hostpod_publication, sftp_put
@@ -144,8 +146,12 @@ def test_a_cut_uploaded_to_one_pod_is_served_by_every_pod(site: Site) -> None:
         lambda: (c := site.cut("20240602_2020")) and c["status"]["phase"] == "Promoted" and c,
     )
     assert cut["spec"]["receivedBy"] == pods[0].name
-    for key in ("receivedAt", "verifiedAt", "stagedAt", "committedAt", "servingAt"):
+    stamps = ("receivedAt", "verifiedAt", "stagingAt", "stagedAt", "committedAt", "servingAt")
+    for key in stamps:
         assert cut["status"].get(key), key
+    # Each step after the last (receivedAt has the second only, verifiedAt the millisecond).
+    times = [parse_time(cut["status"][k]) for k in stamps[1:]]
+    assert times == sorted(times), times
     assert set(cut["status"]["pods"]) == {p.name for p in pods}
     site.pods()
     _, headers, _ = get(pods[2], "/json/main.json")

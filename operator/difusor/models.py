@@ -890,6 +890,8 @@ class PrepCutStatus(Model):
     """When the upload was complete."""
     verified_at: str | None = None
     """When validation passed."""
+    staging_at: str | None = None
+    """When the operator set it as every serving pod's target."""
     staged_at: str | None = None
     """When every serving pod had staged it."""
     committed_at: str | None = None

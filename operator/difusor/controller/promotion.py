@@ -441,6 +441,7 @@ class Promoter:
             patch["servingAt"] = current.get("servingAt") or stamp
             patch["committedAt"] = current.get("committedAt") or stamp
         elif phase == STAGING:
+            patch["stagingAt"] = stamp
             patch["stagedAt"] = None
         return self._patch_status(
             namespace, "prepcuts", cut_object_name(publication, cut["spec"]["id"]), patch
