@@ -44,21 +44,27 @@ def _ingest(store: Store, tmp: Path, cut: str, *, seed: int) -> str:
     return stored.manifest_digest
 
 
-@contextmanager
-def serving_agent(root: Path, token_file: Path) -> Iterator[tuple[Store, str]]:
-    """A pod's store at root with an agent serving it on 127.0.0.1."""
-    store = _store(root)
+def _agent(store: Store, token_file: Path) -> Agent:
+    """An agent of the store's pod on a free port of 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = AgentConfig(
-        publication="p", namespace="ns", pod=f"p-web-{root.name}", pod_ip="127.0.0.1",
+        publication="p", namespace="ns", pod=f"p-web-{store.root.name}", pod_ip="127.0.0.1",
         content_dir=store.root, address="127.0.0.1", port=port, token_file=token_file,
         kubeconfig=None, interval=1.0,
     )  # fmt: skip
-    server = serve(Agent(config, k8s.ApiClient()))
+    return Agent(config, k8s.ApiClient())
+
+
+@contextmanager
+def serving_agent(root: Path, token_file: Path) -> Iterator[tuple[Store, str]]:
+    """A pod's store at root with an agent serving it on 127.0.0.1."""
+    store = _store(root)
+    agent = _agent(store, token_file)
+    server = serve(agent)
     try:
-        yield store, f"http://127.0.0.1:{port}"
+        yield store, f"http://127.0.0.1:{agent.config.port}"
     finally:
         server.shutdown()
 
@@ -70,6 +76,34 @@ def peer(tmp_path: Path) -> Iterator[tuple[Store, str]]:
     token_file.write_text(TOKEN)
     with serving_agent(tmp_path / "a", token_file) as served:
         yield served
+
+
+def test_every_pod_of_a_large_publication_can_connect_at_once(tmp_path: Path) -> None:
+    """When a cut stages, every other pod connects to the one that received it at once.
+
+    With socketserver's backlog of 5, the kernel drops the SYNs past the fifth connection not
+    yet accepted and those pods retry a second later. Here nothing accepts: each connection
+    must still complete its handshake (on loopback, within the connect call) and not wait for
+    a retransmitted SYN a second later.
+    """
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server = main.listen(_agent(_store(tmp_path / "a"), token_file))
+    host, port = server.server_address[:2]
+    sockets: list[socket.socket] = []
+    try:
+        for n in range(100):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.settimeout(0.5)
+            try:
+                sock.connect((str(host), port))
+            except TimeoutError:
+                pytest.fail(f"connection {n + 1} to an agent that has not accepted yet timed out")
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
 
 
 def _get(url: str, path: str, token: str | None) -> int:

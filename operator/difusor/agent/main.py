@@ -547,10 +547,27 @@ class _Handler(BaseHTTPRequestHandler):
         write_bundle(self.agent.store, cut, paths, self.wfile, sock=self.connection)
 
 
-def serve(agent: Agent) -> ThreadingHTTPServer:
-    """Start the agent's HTTP endpoints in a background thread."""
+class AgentServer(ThreadingHTTPServer):
+    """The agent's HTTP server, with a listen backlog for every peer of a publication at once.
+
+    socketserver listens with a backlog of 5. When a cut stages, every other pod connects to
+    the pod that received it in the same few milliseconds; past the fifth unaccepted
+    connection Linux drops the SYN and the client sends it again a second later, which made
+    two pods of ten stage 1 s after the rest.
+    """
+
+    request_queue_size = 512
+
+
+def listen(agent: Agent) -> AgentServer:
+    """The agent's HTTP endpoints bound and listening, not yet serving."""
     handler = type("Handler", (_Handler,), {"agent": agent})
-    server = ThreadingHTTPServer((agent.config.address, agent.config.port), handler)
+    return AgentServer((agent.config.address, agent.config.port), handler)
+
+
+def serve(agent: Agent) -> AgentServer:
+    """Start the agent's HTTP endpoints in a background thread."""
+    server = listen(agent)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="agent-http", daemon=True).start()
     return server
