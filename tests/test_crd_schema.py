@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
 
+from difusor.controller.promotion import _rollout_status
+from difusor.logic.promotion import PHASE_COMMITTING, Rollout
 from difusor.render.crds import all_crds
 
 from .conftest import REPO, kubectl
@@ -193,3 +197,24 @@ def test_a_cut_with_a_bad_id_is_refused(crds: str, namespace: str) -> None:
         check=False,
     )
     assert "spec.id" in out
+
+
+@pytest.mark.cluster
+def test_the_api_server_keeps_every_field_of_the_rollout_the_operator_writes(
+    crds: str, namespace: str
+) -> None:
+    """The status schema prunes what it does not name: a rollout field missing from it is lost
+    on the first write, and with it what the operator decides from it (the commit's timeout
+    counts from committedAt)."""
+    kubectl(crds, "-n", namespace, "apply", "-f", "-", stdin=_publication({}))
+    at = datetime(2024, 6, 2, 20, 21, 5, 250000, tzinfo=UTC)
+    rollout = _rollout_status(
+        Rollout(target="20240602_2020", phase=PHASE_COMMITTING, started_at=at, committed_at=at)
+    )
+    assert all(rollout.values()), rollout
+    kubectl(
+        crds, "-n", namespace, "patch", "prep", "p", "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"rollout": rollout}}),
+    )  # fmt: skip
+    stored = yaml.safe_load(kubectl(crds, "-n", namespace, "get", "prep", "p", "-o", "yaml"))
+    assert stored["status"]["rollout"] == rollout

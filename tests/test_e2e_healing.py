@@ -318,6 +318,57 @@ def test_an_agent_frozen_mid_rollout_ends_in_a_recorded_incident(site: Site) -> 
     )  # fmt: skip
 
 
+def test_a_pod_that_cannot_swap_at_the_commit_is_left_out_after_the_timeout(site: Site) -> None:
+    """A pod that staged the cut but cannot swap to it holds the commit up to the stage
+    timeout; then the cut is promoted on the others (CommitTimeout), an incident records it, and
+    the pod serves the cut once it can. The commit's timeout counts from the rollout's
+    committedAt, which the API server kept only once the status schema named it."""
+    pods = site.pods()
+    cut = "20240602_2100"
+    stuck = pods[2]
+    popen = stuck.procs["agent"].popen
+    assert popen is not None
+    # The agent makes the new `current` link as .current.<pid> and renames it into place: a
+    # directory of that name makes the swap fail, and nothing else of the pod.
+    blocker = stuck.content / f".current.{popen.pid}"
+    blocker.mkdir()
+    started = time.monotonic()
+    try:
+        upload(site, pods[0], cut, seed=3)
+        incident = wait_for(
+            "a PromotionStuck incident about the commit",
+            lambda: [
+                i
+                for i in site.incidents()
+                if i["spec"]["detectedBy"] == "Promotion"
+                and f"Promoted {cut} without" in i["status"]["actions"][0]["action"]
+            ],
+            timeout=90,
+            interval=0.25,
+        )[0]
+        detected = time.monotonic() - started
+        wait_for("the cut active", lambda: (site.status().get("activeCut") or {}).get("id") == cut)
+        assert all(served_cut(p) == cut for p in pods[:2])
+        assert served_cut(stuck) != cut
+        assert site.events("CommitTimeout")
+    finally:
+        blocker.rmdir()
+    freed = time.monotonic()
+    assert incident["status"]["impact"]["affectedPods"] == [stuck.name]
+    wait_for(
+        "the incident resolved once the pod swapped",
+        lambda: [i for i in site.incidents()
+                 if i["metadata"]["name"] == incident["metadata"]["name"]
+                 and i["status"]["phase"] == "Resolved"],
+        timeout=90, interval=0.25,
+    )  # fmt: skip
+    all_serve(site, cut)
+    figures(
+        "pod unable to swap", stage_timeout_s=10, detect_s=round(detected, 1),
+        heal_after_unblock_s=round(time.monotonic() - freed, 1),
+    )  # fmt: skip
+
+
 def test_a_flood_from_one_address_is_denied_on_every_pod_and_released_after_expiry(
     site: Site,
 ) -> None:

@@ -722,6 +722,8 @@ class Rollout(Model):
     """Idle, Staging, Committing or Purging."""
     started_at: str | None = None
     """When the promotion started."""
+    committed_at: str | None = None
+    """When the operator committed the cut; the commit's timeout counts from it."""
 
 
 class PurgeOutcome(StrEnum):
