@@ -208,8 +208,12 @@ def test_the_api_server_keeps_every_field_of_the_rollout_the_operator_writes(
     counts from committedAt)."""
     kubectl(crds, "-n", namespace, "apply", "-f", "-", stdin=_publication({}))
     at = datetime(2024, 6, 2, 20, 21, 5, 250000, tzinfo=UTC)
+    target = {"spec": {"manifestDigest": "sha256:" + "a" * 64, "receivedBy": "p-web-1"}}
+    pod = {"metadata": {"name": "p-web-1"}, "status": {"podIP": "10.244.0.7"}}
     rollout = _rollout_status(
-        Rollout(target="20240602_2020", phase=PHASE_COMMITTING, started_at=at, committed_at=at)
+        Rollout(target="20240602_2020", phase=PHASE_COMMITTING, started_at=at, committed_at=at),
+        target,
+        (pod,),
     )
     assert all(rollout.values()), rollout
     kubectl(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import random
@@ -165,6 +166,25 @@ def test_a_fetched_version_is_identical_and_links_what_the_pod_already_has(
     assert counts["linked"] == len(source.manifest("20240602_2100")) - len(changed)
     same = local.versions / "20240602_2100" / "index.html"
     assert same.stat().st_ino == (local.versions / "20240602_2040" / "index.html").stat().st_ino
+
+
+def test_a_pod_stages_the_rollouts_target_without_reading_the_api_server(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    """The rollout names the digest and the receiving pod with its IP: the agent fetches from
+    that alone. Its API client points at no server, so any read would fail the fetch."""
+    source, url = peer
+    cut = "20240602_2040"
+    digest = _ingest(source, tmp_path, cut, seed=1)
+    local = _store(tmp_path / "b")
+    fetcher = _agent(local, tmp_path / "token")
+    fetcher.config = dataclasses.replace(fetcher.config, port=int(url.rsplit(":", 1)[1]))
+    rollout = {
+        "phase": "Staging", "targetCut": cut, "manifestDigest": digest,
+        "receivedBy": "p-web-a", "receivedByIP": "127.0.0.1",
+    }  # fmt: skip
+    assert fetcher._fetch(cut, rollout=rollout)
+    assert local.manifest(cut) == source.manifest(cut)
 
 
 def test_a_digest_other_than_the_recorded_one_is_refused_and_leaves_nothing(

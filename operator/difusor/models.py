@@ -724,6 +724,12 @@ class Rollout(Model):
     """When the promotion started."""
     committed_at: str | None = None
     """When the operator committed the cut; the commit's timeout counts from it."""
+    manifest_digest: str | None = None
+    """The target's manifest digest as verified (its PrepCut's spec.manifestDigest)."""
+    received_by: str | None = None
+    """The pod that received the target's upload, which every other pod fetches it from."""
+    received_by_ip: str | None = Field(default=None, alias="receivedByIP")
+    """That pod's IP when the rollout started: pods start fetching without a read."""
 
 
 class PurgeOutcome(StrEnum):

@@ -273,7 +273,7 @@ class Agent:
         local = set(self.store.cuts())
         for cut in (target, active):
             fresh = phase == STAGING and cut == target
-            if cut and cut not in local and self._fetch(cut, staging=fresh):
+            if cut and cut not in local and self._fetch(cut, rollout=rollout if fresh else None):
                 local.add(cut)
         current = self.store.active_cut()
         if phase == COMMITTING and target in local and current != target:
@@ -295,10 +295,21 @@ class Agent:
             keep=spec.retention.cuts, protected=[active, target, spec.pinned_cut, current]
         )
 
-    def _fetch(self, cut: str, *, staging: bool = False) -> bool:
-        record = self.records.get(self.config.publication, cut) or {}
-        digest = (record.get("spec") or {}).get("manifestDigest")
-        received_by = (record.get("spec") or {}).get("receivedBy")
+    def _fetch(self, cut: str, *, rollout: dict[str, Any] | None = None) -> bool:
+        """Fetch a cut this pod lacks; `rollout` while it stages as the rollout's target.
+
+        The rollout names the digest verified and the pod that received the upload, with its
+        IP: every pod starts fetching from the watch event alone (ten pods reading the PrepCut
+        and the receiving pod at that same instant were twenty reads on the API server, on the
+        path of every promotion). Otherwise the PrepCut is read.
+        """
+        rollout = rollout or {}
+        digest = rollout.get("manifestDigest")
+        received_by = rollout.get("receivedBy")
+        if not digest:
+            record = self.records.get(self.config.publication, cut) or {}
+            digest = (record.get("spec") or {}).get("manifestDigest")
+            received_by = (record.get("spec") or {}).get("receivedBy")
         if not digest:
             # Without the digest recorded at verification a copy could not be checked.
             log.warning("Not fetching cut %s: its PrepCut has no manifest digest", cut)
@@ -308,7 +319,12 @@ class Agent:
         # alone, it spares listing every pod (with every pod fetching at once, that grew with
         # the square of the pods). The list is read when a split would pay, and when that pod
         # cannot send the cut; a later fetch (a pod replaced) spreads over every peer.
-        receiver = self._pod_url(received_by) if staging and received_by else None
+        receiver = None
+        if rollout and received_by and received_by != self.config.pod:
+            address = rollout.get("receivedByIP")
+            receiver = (
+                f"http://{address}:{self.config.port}" if address else self._pod_url(received_by)
+            )
         if receiver is not None:
             counts = self._fetch_from(
                 cut,

@@ -32,6 +32,9 @@ from difusor.logic.cuts import WORK_SUFFIX
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0
+#: A peer that does not accept within this is gone (an IP of a pod replaced since): the next
+#: peer is asked. Covers two SYN retransmissions (1 s and 3 s).
+CONNECT_TIMEOUT = 5.0
 #: At most this many peers send parts of one version at once.
 MAX_SENDERS = 3
 #: Below this many bytes to fetch, one peer sends everything (a split would cost more than it saves).
@@ -119,7 +122,10 @@ class _Request:
         self.token = token
 
     def open(self, method: str, path: str, body: bytes | None = None) -> http.client.HTTPResponse:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT)
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(TIMEOUT)
         headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"

@@ -73,12 +73,20 @@ def _rollout_of(status: Obj) -> Rollout:
     )
 
 
-def _rollout_status(rollout: Rollout) -> Obj:
+def _rollout_status(rollout: Rollout, target: Obj | None = None, pods: tuple[Obj, ...] = ()) -> Obj:
+    """The rollout as the status has it; with the target's PrepCut, where every pod fetches
+    it from: the agents start staging from this one watch event, without reading anything."""
+    spec = (target or {}).get("spec") or {}
+    received_by = spec.get("receivedBy") if rollout.target else None
+    address = next((_pod_ip(p) for p in pods if p["metadata"]["name"] == received_by), "")
     out: Obj = {
         "phase": rollout.phase,
         "targetCut": rollout.target,
         "startedAt": None,
         "committedAt": None,
+        "manifestDigest": spec.get("manifestDigest") if rollout.target else None,
+        "receivedBy": received_by,
+        "receivedByIP": address or None,
     }
     if rollout.started_at:
         out["startedAt"] = _stamp(rollout.started_at)
@@ -219,7 +227,7 @@ class Promoter:
             cdn=spec.cdn.provider is not CdnProvider.NONE,
         )
         decision = decide(inputs, now)
-        by_id = self._act(publication, inputs, decision, cuts_raw, views, now)
+        by_id = self._act(publication, inputs, decision, cuts_raw, tuple(pods), now)
         if decision.purge:
             # Pods serving the target first: they surely hold it.
             addresses = sorted(
@@ -237,7 +245,7 @@ class Promoter:
         inputs: Inputs,
         decision: Decision,
         cuts_raw: list[Obj],
-        views: tuple[PodView, ...],
+        pods: tuple[Obj, ...],
         now: datetime,
     ) -> dict[str, Obj]:
         """Write what the decision says; answers the cuts by id as they are after it."""
@@ -260,7 +268,8 @@ class Promoter:
             )
         patch: Obj = {}
         if decision.rollout != inputs.rollout:
-            patch["rollout"] = _rollout_status(decision.rollout)
+            target_cut = by_id.get(decision.rollout.target or "")
+            patch["rollout"] = _rollout_status(decision.rollout, target_cut, pods)
         if decision.active != inputs.active and decision.active:
             cut = by_id.get(decision.active, {})
             patch["activeCut"] = {
@@ -291,7 +300,7 @@ class Promoter:
                     namespace, name, by_id[cut_id], phase=phase, now=now
                 )
         if target and target in by_id:
-            self._pod_reports(namespace, name, by_id[target], views, now)
+            self._pod_reports(namespace, name, by_id[target], inputs.pods, now)
         return by_id
 
     def _observe(
