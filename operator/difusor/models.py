@@ -729,7 +729,7 @@ class Rollout(Model):
     received_by: str | None = None
     """The pod that received the target's upload, which every other pod fetches it from."""
     received_by_ip: str | None = Field(default=None, alias="receivedByIP")
-    """That pod's IP when the rollout started: pods start fetching without a read."""
+    """That pod's IP as the operator last saw it: pods start fetching without a read."""
 
 
 class PurgeOutcome(StrEnum):
