@@ -95,3 +95,62 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
         wait_for("the next request logged", lambda: (logs / LOG_NAME).stat().st_size > 0)
     shipper.step()
     assert _shipped_requests(api, namespace) == sent + 1
+
+
+def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
+    crds: str, api: object, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady traffic nginx appends between the shipper's read and its rotation check.
+
+    The log must be rotated all the same (it used to wait for a pause in the traffic, and grew
+    past half of a small volume meanwhile), and every request still counted once.
+    """
+    _publication(crds, namespace)
+    site = Site(tmp_path / "content")
+    site.add_version("20240602_2000")
+    site.activate("20240602_2000")
+    workdir = tmp_path / "nginx"
+    with running_nginx(make_spec(), workdir=workdir, content=site.root) as server:
+        logs = workdir / "logs"
+        client = server.client("127.0.0.9")
+        sent = 0
+
+        def traffic(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                assert client.request(f"/json/main.json?n={sent}").status == 200
+                sent += 1
+            wait_for(
+                "every request in the access log",
+                lambda: (logs / LOG_NAME).read_bytes().count(b"\n") == sent,
+                timeout=30,
+            )
+
+        traffic(40)
+        shipper = StatsShipper(
+            api,  # type: ignore[arg-type]
+            namespace=namespace,
+            publication=PUB,
+            pod=POD,
+            log_dir=logs,
+            nginx_pid_file=workdir / "run" / "nginx.pid",
+        )
+        ship = shipper._ship
+
+        def ship_while_requests_arrive() -> None:
+            ship()
+            traffic(5)
+
+        monkeypatch.setattr(shipper, "_ship", ship_while_requests_arrive)
+        assert shipper.step() == 40
+        assert (logs / ROTATED_NAME).exists(), "past 4Ki with lines still unread: rotated"
+        monkeypatch.undo()
+
+        def removed() -> bool:
+            shipper.step()
+            return not (logs / ROTATED_NAME).exists()
+
+        wait_for("the rotated log read to its end and removed", removed, timeout=30)
+        client.close()
+    shipper.step()
+    assert _shipped_requests(api, namespace) == sent == 45

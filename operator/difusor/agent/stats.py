@@ -333,7 +333,10 @@ class StatsShipper:
                 log.info("Removed %s of pod %s (read and shipped)", rotated.path.name, self.pod)
             return
         live = next((f for f in self.files if f.path.name == LOG_NAME), None)
-        if live is not None and live.offset >= self.rotate_bytes and self._consumed(live):
+        # Not waiting for the whole file to be read: under steady traffic nginx appends between
+        # the read and this check every time, and the log grew until the traffic paused. The
+        # rotated file keeps its generation and is read to its end before it is removed.
+        if live is not None and live.offset >= self.rotate_bytes:
             if self._nginx_pid() is None:
                 log.warning("Not rotating %s: no nginx pid in %s", live.path, self.nginx_pid_file)
                 return
