@@ -12,9 +12,10 @@ captured). The first cut of each run, where every file is new, is measured apart
 (`first_cut`). Per promotion: `serving_s` = rename done -> last pod serving the cut; `skew_s` =
 first pod serving -> last pod serving; `verified_s` = rename done -> PrepCut Verified on the
 receiving pod (validation and storage, the baseline the promotion adds to, measured in the same
-run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator set the cut as
-every pod's target, saw the first and the last other pod report the cut staged, and committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it (files they
-already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
+run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the operator set the
+cut as every pod's target, saw the first and the last other pod report the cut staged, and
+committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it
+(files they already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
 after the last promotion. `--history N` records N earlier cuts of the night before the first
 one (PrepCuts Superseded, every pod's report and a purge on each, as the operator leaves them):
 the 288th cut of a night with one every five minutes is `--history 287`. Reports p50 and p99; goal: serving_s p99 under 1 s
@@ -189,8 +190,9 @@ def phases(record: dict[str, Any], *, receiver: str, done: float) -> dict[str, f
     """When each step of the promotion happened, in seconds after the rename, from the PrepCut.
 
     `verifiedAt` is the receiving agent's clock; the rest is what the operator saw and when
-    (the same machine's clock): its step that set the cut as every pod's target (`stagingAt`), the first and the last other pod reporting the cut staged (the operator's
-    view of each fetch done), and the commit.
+    (the same machine's clock): its step that set the cut as every pod's target (`stagingAt`),
+    the first and the last other pod reporting the cut staged (the operator's view of each
+    fetch done), and the commit.
     """
     status = record.get("status") or {}
     staged = [
