@@ -34,6 +34,26 @@ def _publication(kubeconfig: str, namespace: str) -> None:
     kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
 
 
+def _served_site(tmp_path: Path) -> Path:
+    """A content volume serving one cut."""
+    site = Site(tmp_path / "content")
+    site.add_version("20240602_2000")
+    site.activate("20240602_2000")
+    return site.root
+
+
+def _shipper(api: object, namespace: str, workdir: Path) -> StatsShipper:
+    """The agent's shipper of the nginx running in `workdir`."""
+    return StatsShipper(
+        api,  # type: ignore[arg-type]
+        namespace=namespace,
+        publication=PUB,
+        pod=POD,
+        log_dir=workdir / "logs",
+        nginx_pid_file=workdir / "run" / "nginx.pid",
+    )
+
+
 def _shipped_requests(api: object, namespace: str) -> int:
     now = int(time.time()) // 3600 * 3600
     total = 0
@@ -53,11 +73,9 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
     shipped, and every request counted once.
     """
     _publication(crds, namespace)
-    site = Site(tmp_path / "content")
-    site.add_version("20240602_2000")
-    site.activate("20240602_2000")
+    content = _served_site(tmp_path)
     workdir = tmp_path / "nginx"
-    with running_nginx(make_spec(), workdir=workdir, content=site.root) as server:
+    with running_nginx(make_spec(), workdir=workdir, content=content) as server:
         logs = workdir / "logs"
         sent = 40  # about 300 bytes a line: well past 4 KiB
         client = server.client("127.0.0.9")
@@ -72,14 +90,7 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
             lambda: (logs / LOG_NAME).read_bytes().count(b"\n") == sent,
             timeout=30,
         )
-        shipper = StatsShipper(
-            api,  # type: ignore[arg-type]
-            namespace=namespace,
-            publication=PUB,
-            pod=POD,
-            log_dir=logs,
-            nginx_pid_file=workdir / "run" / "nginx.pid",
-        )
+        shipper = _shipper(api, namespace, workdir)
         assert shipper.step() == sent
         assert (logs / ROTATED_NAME).exists(), "read and shipped past 4Ki: rotated"
         wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
@@ -106,11 +117,9 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
     past half of a small volume meanwhile), and every request still counted once.
     """
     _publication(crds, namespace)
-    site = Site(tmp_path / "content")
-    site.add_version("20240602_2000")
-    site.activate("20240602_2000")
+    content = _served_site(tmp_path)
     workdir = tmp_path / "nginx"
-    with running_nginx(make_spec(), workdir=workdir, content=site.root) as server:
+    with running_nginx(make_spec(), workdir=workdir, content=content) as server:
         logs = workdir / "logs"
         client = server.client("127.0.0.9")
         sent = 0
@@ -127,14 +136,7 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
             )
 
         traffic(40)
-        shipper = StatsShipper(
-            api,  # type: ignore[arg-type]
-            namespace=namespace,
-            publication=PUB,
-            pod=POD,
-            log_dir=logs,
-            nginx_pid_file=workdir / "run" / "nginx.pid",
-        )
+        shipper = _shipper(api, namespace, workdir)
         ship = shipper._ship
 
         def ship_while_requests_arrive() -> None:
