@@ -147,6 +147,20 @@ def all_serve(site: Site, cut: str, *, timeout: float = 120) -> None:
     )
 
 
+def wait_resolved(
+    site: Site, incident: dict[str, Any], after: str, *, timeout: float = 90
+) -> dict[str, Any]:
+    """The incident as it is once Resolved (`after` completes what is waited for)."""
+    name = incident["metadata"]["name"]
+    found: list[dict[str, Any]] = wait_for(
+        f"the incident resolved{after}",
+        lambda: [i for i in site.incidents()
+                 if i["metadata"]["name"] == name and i["status"]["phase"] == "Resolved"],
+        timeout=timeout, interval=0.25,
+    )  # fmt: skip
+    return found[0]
+
+
 def figures(name: str, **values: Any) -> None:
     print(f"FIGURES {json.dumps({'test': name, **values}, sort_keys=True)}")
 
@@ -221,13 +235,7 @@ def test_the_prober_counts_availability_and_records_an_outage_as_an_incident(sit
             popen.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
     thawed = time.monotonic()
     assert opened["status"]["cause"] == "PodsNotReady"
-    resolved = wait_for(
-        "the incident resolved",
-        lambda: [i for i in site.incidents()
-                 if i["metadata"]["name"] == opened["metadata"]["name"]
-                 and i["status"]["phase"] == "Resolved"],
-        timeout=60, interval=0.25,
-    )[0]  # fmt: skip
+    resolved = wait_resolved(site, opened, "", timeout=60)
     healed = time.monotonic() - thawed
     status = resolved["status"]
     assert status["durationSeconds"] >= 1
@@ -301,13 +309,7 @@ def test_an_agent_frozen_mid_rollout_ends_in_a_recorded_incident(site: Site) -> 
     assert status["cause"] == "PromotionStuck"
     assert status["impact"]["affectedPods"] == [frozen.name]
     assert frozen.name in status["actions"][0]["action"]
-    resolved = wait_for(
-        "the incident resolved once the pod caught up",
-        lambda: [i for i in site.incidents()
-                 if i["metadata"]["name"] == incident["metadata"]["name"]
-                 and i["status"]["phase"] == "Resolved"],
-        timeout=90, interval=0.25,
-    )[0]  # fmt: skip
+    resolved = wait_resolved(site, incident, " once the pod caught up")
     healed = time.monotonic() - thawed
     all_serve(site, cut)
     assert site.events("StageTimeout")
@@ -355,13 +357,7 @@ def test_a_pod_that_cannot_swap_at_the_commit_is_left_out_after_the_timeout(site
         blocker.rmdir()
     freed = time.monotonic()
     assert incident["status"]["impact"]["affectedPods"] == [stuck.name]
-    wait_for(
-        "the incident resolved once the pod swapped",
-        lambda: [i for i in site.incidents()
-                 if i["metadata"]["name"] == incident["metadata"]["name"]
-                 and i["status"]["phase"] == "Resolved"],
-        timeout=90, interval=0.25,
-    )  # fmt: skip
+    wait_resolved(site, incident, " once the pod swapped")
     all_serve(site, cut)
     figures(
         "pod unable to swap", stage_timeout_s=10, detect_s=round(detected, 1),
