@@ -16,7 +16,8 @@ run; the PrepCut's verifiedAt, to the millisecond); `timeline_p50` = when the op
 cut as every pod's target, saw the first and the last other pod report the cut staged, and
 committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it
 (files they already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
-after the last promotion. `--history N` records N earlier cuts of the night before the first
+after the last promotion; `api_requests_per_promotion` = requests the API server answered
+per promotion (its own counters, all callers), the largest kinds by verb and resource. `--history N` records N earlier cuts of the night before the first
 one (PrepCuts Superseded, every pod's report and a purge on each, as the operator leaves them):
 the 288th cut of a night with one every five minutes is `--history 287`. Reports p50 and p99; goal: serving_s p99 under 1 s
 for 10 pods, skew under 0.2 s, and a 30-pod run that shows how the time grows with the pods.
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -110,6 +112,32 @@ class Poller:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+def api_requests(kubeconfig: str) -> dict[str, float]:
+    """The API server's request counters (apiserver_request_total), summed by verb and resource."""
+    counts: dict[str, float] = {}
+    for line in kubectl(kubeconfig, "get", "--raw", "/metrics").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        key = f"{fields.get('verb', '')} {fields.get('resource', '')}"
+        counts[key] = counts.get(key, 0.0) + float(value)
+    return counts
+
+
+def requests_per_promotion(
+    before: dict[str, float], after: dict[str, float], promotions: int
+) -> dict[str, Any]:
+    """Requests the API server answered per promotion between two api_requests(), all callers
+    (the control plane's own lease renewals included: a few a second), the largest by kind."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    busy = sorted(((v, k) for k, v in delta.items() if v > 0), reverse=True)
+    return {
+        "total": round(sum(v for v, _ in busy) / promotions, 1),
+        "largest": {k: round(v / promotions, 1) for v, k in busy[:8]},
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -359,7 +387,11 @@ def run_size(
 
         public = host_public_key(kubeconfig, namespace=namespace, publication=PUB)
         known_hosts = work / f"known-{pods}"
+        counted: dict[str, float] = {}
         for n in range(promotions + 1):
+            if n == 1:
+                # Counted from the second cut on, as the promotions timed.
+                counted = api_requests(kubeconfig)
             cut_id = f"20240602_{20 + n // 60:02d}{n % 60:02d}"
             archive = package(
                 work, cut_id, number=n, megabytes=megabytes, files=files, changed=changed
@@ -373,6 +405,7 @@ def run_size(
                 )
             )  # fmt: skip
             archive.unlink()
+        requests = requests_per_promotion(counted, api_requests(kubeconfig), promotions)
         rss = [m for p in harness.running() if (m := agent_rss_mb(p)) is not None]
     finally:
         harness.stop()
@@ -418,6 +451,7 @@ def run_size(
             statistics.median(serving) / max(statistics.median(verify), 1e-6), 2
         ),
         "agent_rss_mb_p50": round(statistics.median(rss), 1) if rss else None,
+        "api_requests_per_promotion": requests,
         "meets_goal": percentile(serving, 0.99) < 1.0 and percentile(skew, 0.99) < 0.2,
     }
 

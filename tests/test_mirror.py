@@ -72,11 +72,13 @@ def test_an_older_copy_never_replaces_a_newer_one() -> None:
     lister = Lister()
     m = mirror(lister)
     m.items("n", "p")
-    m.saw(obj("a", 12, status={"phase": "Committed"}))  # the answer to our own write
-    m.saw(obj("a", 11, status={"phase": "Staging"}))  # its watch event, late
+    assert m.saw(obj("a", 12, status={"phase": "Committed"}))  # the answer to our own write
+    # Its watch event, and an older one delivered late: nothing new, so no step for them.
+    assert not m.saw(obj("a", 12, status={"phase": "Committed"}))
+    assert not m.saw(obj("a", 11, status={"phase": "Staging"}))
     (only,) = m.items("n", "p")
     assert only["status"]["phase"] == "Committed"
-    m.saw(obj("a", 13, status={"phase": "Promoted"}))
+    assert m.saw(obj("a", 13, status={"phase": "Promoted"}))
     (only,) = m.items("n", "p")
     assert only["status"]["phase"] == "Promoted"
 
@@ -86,9 +88,10 @@ def test_a_deleted_object_does_not_come_back_from_an_older_copy() -> None:
     m = mirror(lister)
     m.items("n", "p")
     m.saw(obj("a", 4))
-    m.saw(obj("a", 9), deleted=True)
+    assert m.saw(obj("a", 9), deleted=True)
     assert m.items("n", "p") == []
-    m.saw(obj("a", 8))  # an event from before the deletion, delivered late
+    assert not m.saw(obj("a", 8))  # an event from before the deletion, delivered late
+    assert not m.saw(obj("a", 9), deleted=True)  # the deletion seen twice
     assert m.items("n", "p") == []
     # A list taken before the deletion does not bring it back either.
     clock = Clock()

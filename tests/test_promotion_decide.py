@@ -29,6 +29,7 @@ from difusor.logic.promotion import (
     Rollout,
     decide,
     desired_cut,
+    moved,
 )
 
 pytestmark = pytest.mark.unit
@@ -113,6 +114,24 @@ def test_when_every_serving_pod_has_staged_the_cut_is_committed() -> None:
     assert d.rollout == Rollout(target=NEW, phase=PHASE_COMMITTING, started_at=T0, committed_at=now)
     assert d.cut_phases == {NEW: COMMITTED}
     assert d.excluded == ()
+
+
+def test_a_step_that_moves_the_rollout_is_followed_by_another_and_one_that_waits_is_not() -> None:
+    staging = Rollout(target=NEW, phase=PHASE_STAGING, started_at=T0)
+    waiting = replace(
+        BASE,
+        rollout=staging,
+        pods=three({NEW}, staged_on=2),
+        cuts=(cut(OLD, PROMOTED), cut(NEW, STAGING)),
+    )
+    assert moved(BASE, decide(BASE, T0))  # Verified -> Staging
+    assert not moved(waiting, decide(waiting, T0 + timedelta(seconds=1)))
+    everyone = replace(waiting, pods=three({NEW}))
+    assert moved(everyone, decide(everyone, T0 + timedelta(seconds=1)))  # -> Committing
+    idle = replace(BASE, cuts=(cut(OLD, PROMOTED),))
+    assert not moved(idle, decide(idle, T0))
+    marked = replace(BASE, cuts=(cut(OLD, VERIFIED),))  # the active cut gets Promoted: a write
+    assert moved(marked, decide(marked, T0))
 
 
 def test_a_pod_that_misses_the_stage_timeout_is_left_out_and_the_rest_commit() -> None:

@@ -81,28 +81,31 @@ class Mirror:
             return None
         return (meta.get("namespace") or "", group), meta["name"]
 
-    def saw(self, obj: Obj, *, deleted: bool = False) -> None:
-        """A watch event's object (`deleted` for DELETED), or the answer to a write."""
+    def saw(self, obj: Obj, *, deleted: bool = False) -> bool:
+        """A watch event's object (`deleted` for DELETED), or the answer to a write; False when
+        the mirror already had this version or a newer one (the watch event of a write whose
+        answer came first: nothing the caller has not seen)."""
         key = self._key(obj)
         if key is None:
-            return
+            return False
         with self._lock:
-            self._keep(*key, obj, deleted=deleted)
+            return self._keep(*key, obj, deleted=deleted)
 
-    def _keep(self, group: tuple[str, str], name: str, obj: Obj, *, deleted: bool) -> None:
+    def _keep(self, group: tuple[str, str], name: str, obj: Obj, *, deleted: bool) -> bool:
         version = _version(obj)
         held = self._groups.get(group, {}).get(name)
         if held is not None and not newer(version, _version(held)):
-            return
+            return False
         gone = self._gone.get(group, {}).get(name)
         if gone is not None and not newer(version, gone):
-            return
+            return False
         if deleted:
             self._groups.get(group, {}).pop(name, None)
             self._gone.setdefault(group, {})[name] = version
-            return
+            return True
         self._groups.setdefault(group, {})[name] = _slim(obj)
         self._gone.get(group, {}).pop(name, None)
+        return True
 
     def items(self, namespace: str, group: str) -> list[Obj]:
         """The group's objects; listed from the API server first when due. The objects are the

@@ -27,6 +27,7 @@ from difusor.logic.promotion import (
     PurgeView,
     Rollout,
     decide,
+    moved,
 )
 from difusor.metrics import OperatorMetrics
 from difusor.models import (
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 REPEAT_AFTER = timedelta(minutes=10)
+#: Steps one call takes in a row because each moved the rollout (Verified -> Staging ->
+#: Committing -> Promoted is at most three; a purge adds one): a bound, should a decision keep
+#: writing the same thing.
+MAX_FOLLOW_UPS = 5
 #: Promotion events that mean a rollout got stuck: each opens (or adds to) an incident.
 STUCK = ("StageTimeout", "CommitTimeout", "PromotionFailed", "RolloutAbandoned")
 STAGING_PHASE, COMMITTING_PHASE = "Staging", "Committing"
@@ -126,6 +131,8 @@ class Promoter:
         self._running: set[tuple[str, str]] = set()
         self._again: set[tuple[str, str]] = set()
         self._said: dict[tuple[str, ...], datetime] = {}
+        # Pods' reports on a rollout's target, noted until the next phase writes them.
+        self._reports: dict[tuple[str, str, str], Obj] = {}
         # Up to three reads per step (the mirrors list when due), and as many steps at once as
         # kopf runs handlers (settings in handlers.configure); the threads start when needed.
         self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="promotion-read")
@@ -148,11 +155,15 @@ class Promoter:
                 self._again.add(key)
                 return None
             self._running.add(key)
+        follow_ups = 0
         try:
             while True:
-                decision = self._one_step(namespace, name, now)
+                decision, moving = self._one_step(namespace, name, now)
+                # A step that moved the rollout decides again at once: the watch events of its
+                # own writes start no step (handlers.cut_changed), so none would come otherwise.
+                follow_ups = follow_ups + 1 if moving else 0
                 with self._guard:
-                    if key not in self._again:
+                    if key not in self._again and not (moving and follow_ups <= MAX_FOLLOW_UPS):
                         self._running.discard(key)
                         return decision
                     self._again.discard(key)
@@ -179,7 +190,8 @@ class Promoter:
             self.cuts.saw(answer)
         return answer
 
-    def _one_step(self, namespace: str, name: str, now: datetime) -> Decision | None:
+    def _one_step(self, namespace: str, name: str, now: datetime) -> tuple[Decision | None, bool]:
+        """The step's decision, and whether it moved the rollout (see logic.promotion.moved)."""
         # The reads go at once: a step is on the path of every promotion twice (the pods'
         # staged reports, then their swaps), and one read after the other tripled its wait.
         # The mirrors answer from memory, except when a list is due.
@@ -189,11 +201,13 @@ class Promoter:
         if publication is None:
             self.cuts.forget(namespace, name)
             self.pods.forget(namespace, name)
-            return None
+            for key in [k for k in self._reports if k[:2] == (namespace, name)]:
+                del self._reports[key]
+            return None, False
         try:
             spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
         except ValueError:
-            return None
+            return None, False
         return self._step(publication, spec, now, pods.result(), cuts.result())
 
     def _step(
@@ -203,7 +217,7 @@ class Promoter:
         now: datetime,
         pods: list[Obj],
         cuts_raw: list[Obj],
-    ) -> Decision:
+    ) -> tuple[Decision, bool]:
         status = publication.get("status") or {}
         views = tuple(_pod_view(p) for p in pods)
         cuts = tuple(
@@ -237,7 +251,7 @@ class Promoter:
                 ),
             )
             self._purge(publication, spec, decision.purge, by_id, addresses)
-        return decision
+        return decision, moved(inputs, decision)
 
     def _act(
         self,
@@ -279,28 +293,33 @@ class Promoter:
             }
         if patch:
             self._patch_status(namespace, "preppublications", name, patch)
-        went_live = decision.active if decision.active != inputs.active else None
-        if went_live and went_live in by_id:
-            live = by_id[went_live]
-            if not (live.get("status") or {}).get("servingAt"):
-                by_id[went_live] = self._patch_status(
-                    namespace, "prepcuts", cut_object_name(name, went_live),
-                    {"servingAt": _stamp(now)},
-                )  # fmt: skip
-        if decision.purge_skipped and decision.purge_skipped in by_id:
-            self._patch_status(
-                namespace, "prepcuts", cut_object_name(name, decision.purge_skipped),
-                {"purge": {"outcome": PURGE_SKIPPED, "nextAttemptAt": None}},
-            )  # fmt: skip
         self._observe(publication, inputs, decision, by_id, now)
         target = decision.rollout.target or inputs.rollout.target
-        for cut_id, phase in decision.cut_phases.items():
-            if cut_id in by_id:
-                by_id[cut_id] = self._cut_status(
-                    namespace, name, by_id[cut_id], phase=phase, now=now
-                )
         if target and target in by_id:
-            self._pod_reports(namespace, name, by_id[target], inputs.pods, now)
+            self._note_reports(namespace, name, by_id[target], inputs.pods, now)
+        # One write per PrepCut the step changes, carrying the pods' reports noted on it.
+        writes: dict[str, Obj] = {}
+        went_live = decision.active if decision.active != inputs.active else None
+        if went_live and not (by_id.get(went_live, {}).get("status") or {}).get("servingAt"):
+            writes.setdefault(went_live, {})["servingAt"] = _stamp(now)
+        if decision.purge_skipped:
+            writes.setdefault(decision.purge_skipped, {})["purge"] = {
+                "outcome": PURGE_SKIPPED,
+                "nextAttemptAt": None,
+            }
+        for cut_id, phase in decision.cut_phases.items():
+            writes.setdefault(cut_id, {}).update(_phase_patch(by_id.get(cut_id, {}), phase, now))
+        if target and decision.rollout.phase != inputs.rollout.phase:
+            # Committing -> Purging: every pod's swap is recorded before the purge goes out.
+            writes.setdefault(target, {})
+        for cut_id, patch in writes.items():
+            reports = self._reports.pop((namespace, name, cut_id), None)
+            if reports:
+                patch["pods"] = reports
+            if patch and cut_id in by_id:
+                by_id[cut_id] = self._patch_status(
+                    namespace, "prepcuts", cut_object_name(name, cut_id), patch
+                )
         return by_id
 
     def _observe(
@@ -437,44 +456,48 @@ class Promoter:
             component="difusor-operator",
         )
 
-    def _cut_status(
-        self, namespace: str, publication: str, cut: Obj, *, phase: str, now: datetime
-    ) -> Obj:
-        stamp = _stamp(now)
-        current = cut.get("status") or {}
-        patch: Obj = {"phase": phase}
-        if phase == COMMITTED:
-            patch["stagedAt"] = current.get("stagedAt") or stamp
-            patch["committedAt"] = current.get("committedAt") or stamp
-        elif phase == PROMOTED:
-            patch["servingAt"] = current.get("servingAt") or stamp
-            patch["committedAt"] = current.get("committedAt") or stamp
-        elif phase == STAGING:
-            patch["stagingAt"] = stamp
-            patch["stagedAt"] = None
-        return self._patch_status(
-            namespace, "prepcuts", cut_object_name(publication, cut["spec"]["id"]), patch
-        )
-
-    def _pod_reports(
+    def _note_reports(
         self, namespace: str, publication: str, cut: Obj, views: tuple[PodView, ...], now: datetime
     ) -> None:
+        """Note what this step sees of the pods' progress on the rollout's target: when each pod
+        was first seen to hold the cut and to serve it.
+
+        They are written with the next change of the cut's phase or of the rollout's (the
+        commit carries every pod's stagedAt, the promotion every activeAt), not as each pod
+        reports: at ten pods that was a dozen more writes of the PrepCut per promotion, each
+        sent back to the operator by its watch. An operator restart between two phases forgets
+        the times noted, and the next step notes them again, later.
+        """
         cut_id = cut["spec"]["id"]
-        reports: Obj = dict((cut.get("status") or {}).get("pods") or {})
-        changed: Obj = {}
+        stored: Obj = (cut.get("status") or {}).get("pods") or {}
+        pending: Obj = self._reports.setdefault((namespace, publication, cut_id), {})
         for pod in views:
-            report = dict(reports.get(pod.name) or {})
+            report = {**(stored.get(pod.name) or {}), **(pending.get(pod.name) or {})}
             before = dict(report)
             if (cut_id in pod.staged or pod.active == cut_id) and not report.get("stagedAt"):
                 report["stagedAt"] = _stamp(now)
             if pod.active == cut_id and not report.get("activeAt"):
                 report["activeAt"] = _stamp(now)
             if report != before:
-                changed[pod.name] = report
-        if changed:
-            self._patch_status(
-                namespace, "prepcuts", cut_object_name(publication, cut_id), {"pods": changed}
-            )
+                written = stored.get(pod.name) or {}
+                pending[pod.name] = {k: v for k, v in report.items() if k not in written}
+
+
+def _phase_patch(cut: Obj, phase: str, now: datetime) -> Obj:
+    """The status fields of a PrepCut entering `phase`."""
+    stamp = _stamp(now)
+    current = cut.get("status") or {}
+    patch: Obj = {"phase": phase}
+    if phase == COMMITTED:
+        patch["stagedAt"] = current.get("stagedAt") or stamp
+        patch["committedAt"] = current.get("committedAt") or stamp
+    elif phase == PROMOTED:
+        patch["servingAt"] = current.get("servingAt") or stamp
+        patch["committedAt"] = current.get("committedAt") or stamp
+    elif phase == STAGING:
+        patch["stagingAt"] = stamp
+        patch["stagedAt"] = None
+    return patch
 
 
 def _cut_publication(cut: Obj) -> str | None:

@@ -115,6 +115,20 @@ class Decision:
     """Cut whose pending purge a newer cut makes moot (its own purge covers the files)."""
 
 
+def moved(inputs: Inputs, decision: Decision) -> bool:
+    """Whether acting on the decision changes what the next decision reads: the rollout, the
+    active cut, a cut's phase or a purge. Then the next step is due at once; a step that only
+    waits (on pods to report, on a timeout) has nothing more to decide until something happens.
+    """
+    return (
+        decision.rollout != inputs.rollout
+        or decision.active != inputs.active
+        or bool(decision.cut_phases)
+        or decision.purge is not None
+        or decision.purge_skipped is not None
+    )
+
+
 def _order_key(cut: CutView) -> tuple[str, str]:
     return (cut.time or "", cut.id)
 

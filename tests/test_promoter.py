@@ -1,0 +1,159 @@
+"""The operator's promotion step against the real API server: how many steps a promotion takes.
+
+No operator process and no agents: the test plays the pod's agent (its annotations) and calls the
+Promoter as kopf's handlers do, so it sees what one call does and which watch events start one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from difusor.controller.promotion import Promoter
+from difusor.kube import core_path, custom_path, patch_status, read, request
+from difusor.models import cut_object_name
+from difusor.render.labels import (
+    ACTIVE_ANNOTATION,
+    PUBLICATION_LABEL,
+    STAGED_ANNOTATION,
+    common_labels,
+)
+
+from .cdnservers import HMAC_KEY, Fake, serving_in_thread
+from .conftest import kubectl
+
+pytestmark = pytest.mark.cluster
+
+PUB = "prep-steps"
+CUT = "20240602_2020"
+DIGEST = "sha256:" + "ab" * 32
+POD = f"{PUB}-web-0"
+POD_IP = "127.0.0.9"
+
+Obj = dict[str, Any]
+
+
+def _publication(kubeconfig: str, namespace: str, hook: str) -> None:
+    """A publication whose CDN is a webhook (purging everything: no manifest to read)."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
+              "stringData": {"hmacKey": HMAC_KEY}}  # fmt: skip
+    doc = {
+        "apiVersion": "prep.difusor.io/v1alpha1",
+        "kind": "PrepPublication",
+        "metadata": {"name": PUB},
+        "spec": {
+            "host": "prep.example.mx",
+            "sftp": {"authorizedKeysSecret": "k"},
+            "cdn": {
+                "provider": "webhook",
+                "credentialsSecret": "hook",
+                "endpoint": hook,
+                "everything": True,
+            },
+        },
+    }
+    stream = "---\n".join(yaml.safe_dump(d) for d in (secret, doc))
+    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=stream)
+
+
+def _pod(api: Any, namespace: str) -> None:
+    """The publication's one web pod, bound to no node (nothing runs it), with an address and
+    the cut staged: the pod that received the upload, as its agent reports it."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": POD,
+            "labels": common_labels(PUB),
+            "annotations": {STAGED_ANNOTATION: CUT},
+        },
+        "spec": {"nodeName": "no-such-node", "containers": [{"name": "web", "image": "x"}]},
+    }
+    request(api, "POST", core_path(namespace, "pods"), body=body)
+    request(
+        api,
+        "PATCH",
+        core_path(namespace, "pods", POD) + "/status",
+        body={"status": {"podIP": POD_IP, "podIPs": [{"ip": POD_IP}]}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def _verified_cut(api: Any, namespace: str) -> None:
+    name = cut_object_name(PUB, CUT)
+    body = {
+        "apiVersion": "prep.difusor.io/v1alpha1",
+        "kind": "PrepCut",
+        "metadata": {"name": name, "labels": {PUBLICATION_LABEL: PUB}},
+        "spec": {"publication": PUB, "id": CUT, "manifestDigest": DIGEST, "receivedBy": POD},
+    }
+    request(api, "POST", custom_path(namespace, "prepcuts"), body=body)
+    patch_status(api, namespace, "prepcuts", name, {"phase": "Verified"})
+
+
+def _state(api: Any, namespace: str) -> tuple[Obj, Obj]:
+    publication = read(api, custom_path(namespace, "preppublications", PUB))
+    cut = read(api, custom_path(namespace, "prepcuts", cut_object_name(PUB, CUT)))
+    assert publication is not None
+    assert cut is not None
+    return publication, cut
+
+
+def test_one_call_moves_a_promotion_as_far_as_it_can_and_its_own_writes_start_no_step(
+    api: Any, crds: str, kubeconfig: str, namespace: str
+) -> None:
+    with serving_in_thread(Fake("webhook")) as hook:
+        _publication(kubeconfig, namespace, hook.url + "/purge")
+        _pod(api, namespace)
+        _verified_cut(api, namespace)
+        promoter = Promoter(api)
+        # What kopf's watches deliver first (handlers.cut_changed, pod_reported): both are news.
+        publication, cut = _state(api, namespace)
+        pod = read(api, core_path(namespace, "pods", POD))
+        assert pod is not None
+        assert promoter.cuts.saw(cut)
+        assert promoter.pods.saw(pod)
+
+        promoter.step(namespace, PUB, datetime.now(UTC))
+        # The only pod has the cut already: staged and committed in one decision.
+        publication, cut = _state(api, namespace)
+        rollout = publication["status"]["rollout"]
+        assert (rollout["phase"], rollout["targetCut"]) == ("Committing", CUT)
+        assert (rollout["manifestDigest"], rollout["receivedByIP"]) == (DIGEST, POD_IP)
+        assert cut["status"]["phase"] == "Committed"
+        # The pod's report goes with the phase, in the same write.
+        assert cut["status"]["pods"][POD]["stagedAt"]
+        # The watch event of that write brings nothing the mirror does not hold: no step for it.
+        assert not promoter.cuts.saw(cut)
+        assert hook.accepted == []
+
+        # The agent swaps and reports it: news. That step sends the purge (every pod serves the
+        # cut) and records its outcome, which the next decision reads: the same call takes it,
+        # since the watch event of the outcome starts no step.
+        request(
+            api,
+            "PATCH",
+            core_path(namespace, "pods", POD),
+            body={"metadata": {"annotations": {ACTIVE_ANNOTATION: CUT}}},
+            content_type="application/merge-patch+json",
+        )
+        pod = read(api, core_path(namespace, "pods", POD))
+        assert pod is not None
+        assert promoter.pods.saw(pod)
+        promoter.step(namespace, PUB, datetime.now(UTC))
+        publication, cut = _state(api, namespace)
+        assert len(hook.accepted) == 1
+        assert cut["status"]["purge"]["outcome"] == "Succeeded"
+        assert publication["status"]["activeCut"]["id"] == CUT
+        assert publication["status"]["rollout"]["phase"] == "Idle"
+        assert cut["status"]["phase"] == "Promoted"
+        assert cut["status"]["pods"][POD]["activeAt"]
+        assert not promoter.cuts.saw(cut)
+        # A step with nothing to decide writes nothing and sends nothing.
+        version = cut["metadata"]["resourceVersion"]
+        promoter.step(namespace, PUB, datetime.now(UTC))
+        assert _state(api, namespace)[1]["metadata"]["resourceVersion"] == version
+        assert len(hook.accepted) == 1
