@@ -21,7 +21,7 @@ from difusor.agent.main import Agent, AgentConfig, serve
 from difusor.agent.peers import PeerError, fetch_version
 from difusor.ingest.store import Store, write_json
 from difusor.logic.archive import ManifestEntry, manifest_digest
-from difusor.models import IngestSpec
+from difusor.models import IngestSpec, PrepPublicationSpec
 
 from .archives import make_zip, site_files
 
@@ -185,6 +185,37 @@ def test_a_pod_stages_the_rollouts_target_without_reading_the_api_server(
     }  # fmt: skip
     assert fetcher._fetch(cut, rollout=rollout)
     assert local.manifest(cut) == source.manifest(cut)
+
+
+def test_versions_beyond_retention_are_removed_only_once_the_rollout_is_over(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    source, url = peer
+    local = _store(tmp_path / "b")
+    older, active, target = "20240602_2000", "20240602_2020", "20240602_2040"
+    for n, cut in enumerate((older, active)):
+        _ingest(local, tmp_path, cut, seed=n)
+    local.swap_current(active)
+    digest = _ingest(source, tmp_path, target, seed=2)
+    agent = _agent(local, tmp_path / "token")
+    agent.config = dataclasses.replace(agent.config, port=int(url.rsplit(":", 1)[1]))
+    reports: list[tuple[str | None, str | None]] = []
+    agent._report = lambda *, staged, active: reports.append((staged, active))  # type: ignore[method-assign]
+    spec = PrepPublicationSpec.model_validate(
+        {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}, "retention": {"cuts": 2}}
+    )
+    rollout = {
+        "targetCut": target, "manifestDigest": digest,
+        "receivedBy": "p-web-a", "receivedByIP": "127.0.0.1",
+    }  # fmt: skip
+    for phase in ("Staging", "Committing"):
+        agent._promote(spec, {"activeCut": {"id": active}, "rollout": {**rollout, "phase": phase}})
+        # Three versions where two are kept: the third waits for the rollout's end.
+        assert sorted(local.cuts()) == [older, active, target]
+    assert local.active_cut() == target
+    assert reports[-1] == (target, target)
+    agent._promote(spec, {"activeCut": {"id": target}, "rollout": {"phase": "Idle"}})
+    assert sorted(local.cuts()) == [active, target]
 
 
 def test_a_digest_other_than_the_recorded_one_is_refused_and_leaves_nothing(
