@@ -295,9 +295,7 @@ class Agent:
             # Removing a version is some 500 unlinks: while a rollout stages or commits, they
             # took the CPU the other pods' fetches wait on, and a commit could find this pod
             # still removing. The version beyond retention goes once the rollout is over.
-            self.store.prune(
-                keep=spec.retention.cuts, protected=[active, spec.pinned_cut, current]
-            )
+            self.store.prune(keep=spec.retention.cuts, protected=[active, spec.pinned_cut, current])
 
     def _fetch(self, cut: str, *, rollout: dict[str, Any] | None = None) -> bool:
         """Fetch a cut this pod lacks; `rollout` while it stages as the rollout's target.
