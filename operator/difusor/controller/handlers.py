@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client as k8s
@@ -51,7 +51,7 @@ class DiffBase(kopf.AnnotationsDiffBaseStorage):
         # Labels and annotations are its essence; kopf reads the owners to name its key.
         names = ("labels", "annotations", "ownerReferences")
         kept["metadata"] = {k: meta[k] for k in names if k in meta}
-        return super().build(body=kopf.Body(kept))
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)))
 
 
 @kopf.on.startup()
