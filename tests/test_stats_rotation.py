@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from difusor.agent.stats import LOG_NAME, ROTATED_NAME, StatsShipper, read_hour
+from difusor.agent.stats import (
+    LOG_NAME,
+    REOPEN_GRACE_SECONDS,
+    ROTATED_NAME,
+    StatsShipper,
+    read_hour,
+)
 from difusor.models import GROUP, VERSION
 
 from .conftest import kubectl, wait_for
@@ -156,3 +162,49 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
         client.close()
     shipper.step()
     assert _shipped_requests(api, namespace) == sent == 45
+
+
+def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_due(
+    crds: str, api: object, namespace: str, tmp_path: Path
+) -> None:
+    """Under steady traffic the live log is past its size again by the time the rotated one
+    may go: waiting for the next pass to rotate it let it grow one more interval each time."""
+    _publication(crds, namespace)
+    content = _served_site(tmp_path)
+    workdir = tmp_path / "nginx"
+    with running_nginx(make_spec(), workdir=workdir, content=content) as server:
+        logs = workdir / "logs"
+        client = server.client("127.0.0.9")
+        sent = 0
+
+        def traffic(count: int, log: Path) -> None:
+            nonlocal sent
+            for _ in range(count):
+                assert client.request(f"/json/main.json?n={sent}").status == 200
+                sent += 1
+            wait_for(
+                f"{count} requests in {log.name}",
+                lambda: log.exists() and log.read_bytes().count(b"\n") == count,
+                timeout=30,
+            )
+
+        traffic(40, logs / LOG_NAME)
+        shipper = _shipper(api, namespace, workdir)
+        assert shipper.step() == 40
+        first = (logs / ROTATED_NAME).stat().st_ino
+        wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
+        traffic(40, logs / LOG_NAME)  # past 4Ki again
+        time.sleep(REOPEN_GRACE_SECONDS + 0.2)
+        assert shipper.step() == 40
+        # One pass: the first rotated file read and removed, the live one rotated in its place.
+        assert (logs / ROTATED_NAME).stat().st_ino != first
+        assert (logs / ROTATED_NAME).read_bytes().count(b"\n") == 40
+
+        def removed() -> bool:
+            shipper.step()
+            return not (logs / ROTATED_NAME).exists()
+
+        wait_for("the second rotated log removed", removed, timeout=30)
+        client.close()
+    shipper.step()
+    assert _shipped_requests(api, namespace) == sent == 80

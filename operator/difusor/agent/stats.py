@@ -326,12 +326,14 @@ class StatsShipper:
                 if waited:
                     self._signal_nginx()
                 return
-            if waited and self._read(rotated) == 0 and self._consumed(rotated):
-                rotated.path.unlink(missing_ok=True)
-                self.files.remove(rotated)
-                self.signalled_at = None
-                log.info("Removed %s of pod %s (read and shipped)", rotated.path.name, self.pod)
-            return
+            if not (waited and self._read(rotated) == 0 and self._consumed(rotated)):
+                return
+            rotated.path.unlink(missing_ok=True)
+            self.files.remove(rotated)
+            self.signalled_at = None
+            log.info("Removed %s of pod %s (read and shipped)", rotated.path.name, self.pod)
+            # The live log may be due already: waiting for the next pass let it grow for one
+            # more interval on every rotation (a third more on disk under steady traffic).
         live = next((f for f in self.files if f.path.name == LOG_NAME), None)
         # Not waiting for the whole file to be read: under steady traffic nginx appends between
         # the read and this check every time, and the log grew until the traffic paused. The
