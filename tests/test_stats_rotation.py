@@ -190,8 +190,12 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
 
         traffic(40, logs / LOG_NAME)
         shipper = _shipper(api, namespace, workdir)
+        assert shipper.pause() == shipper.interval
         assert shipper.step() == 40
         first = (logs / ROTATED_NAME).stat().st_ino
+        # The next pass comes when the grace ends, not a whole interval later.
+        shipper.interval = 10.0
+        assert shipper.pause() <= REOPEN_GRACE_SECONDS + 0.1
         wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
         traffic(40, logs / LOG_NAME)  # past 4Ki again
         time.sleep(REOPEN_GRACE_SECONDS + 0.2)

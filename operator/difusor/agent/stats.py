@@ -54,6 +54,8 @@ LOG_NAME = "access.log"
 ROTATED_NAME = "access.log.1"
 #: After SIGUSR1, how long before the rotated file may be removed (nginx flushes every 1 s).
 REOPEN_GRACE_SECONDS = 2.0
+#: How long after the grace the pass that may remove the rotated file comes.
+_AFTER_GRACE = 0.05
 _READ_CHUNK = 4 << 20
 
 
@@ -312,6 +314,15 @@ class StatsShipper:
                 raise
             request(self.api, "POST", path, body=body)
 
+    def pause(self) -> float:
+        """Seconds until the next pass: the interval, or less once a rotation is pending, so
+        that the rotated file goes (and the live one may rotate) as soon as the grace ends."""
+        if self.signalled_at is not None:
+            left = REOPEN_GRACE_SECONDS - (time.monotonic() - self.signalled_at)
+            if left > 0:
+                return min(self.interval, left + _AFTER_GRACE)
+        return self.interval
+
     def _rotate_or_clean(self) -> None:
         rotated = next((f for f in self.files if f.path.name == ROTATED_NAME), None)
         if rotated is not None:
@@ -399,7 +410,7 @@ def run_loop(shipper: StatsShipper, *, stopping: threading.Event) -> None:
             shipper.step()
         except (k8s.ApiException, OSError, ValueError) as exc:
             log.warning("Statistics pass of pod %s failed: %s", shipper.pod, exc)
-        if stopping.wait(shipper.interval):
+        if stopping.wait(shipper.pause()):
             break
     try:
         shipper.step()
