@@ -126,8 +126,12 @@ def test_one_call_moves_a_promotion_as_far_as_it_can_and_its_own_writes_start_no
         assert cut["status"]["phase"] == "Committed"
         # The pod's report goes with the phase, in the same write.
         assert cut["status"]["pods"][POD]["stagedAt"]
-        # The watch event of that write brings nothing the mirror does not hold: no step for it.
-        assert not promoter.cuts.saw(cut)
+        # The watch event of that write is recognised as the operator's own: no step for it.
+        assert promoter.wrote(cut)
+        # An agent's write of the same cut just before is not, though the mirror holds newer.
+        older = {**cut, "metadata": {**cut["metadata"], "resourceVersion": "1"}}
+        assert not promoter.cuts.saw(older)
+        assert not promoter.wrote(older)
         assert hook.accepted == []
 
         # The agent swaps and reports it: news. That step sends the purge (every pod serves the
@@ -151,7 +155,7 @@ def test_one_call_moves_a_promotion_as_far_as_it_can_and_its_own_writes_start_no
         assert publication["status"]["rollout"]["phase"] == "Idle"
         assert cut["status"]["phase"] == "Promoted"
         assert cut["status"]["pods"][POD]["activeAt"]
-        assert not promoter.cuts.saw(cut)
+        assert promoter.wrote(cut)
         # A step with nothing to decide writes nothing and sends nothing.
         version = cut["metadata"]["resourceVersion"]
         promoter.step(namespace, PUB, datetime.now(UTC))

@@ -190,10 +190,12 @@ def cut_changed(
 ) -> None:
     """A cut was received or verified: it may start a promotion."""
     promoter: Promoter = memo.promoter
-    # The operator's own writes reach the mirror with their answers, before their watch events:
-    # those events bring nothing new and start no step (the step that wrote decides again itself
-    # when it moved the rollout). About half the steps of a promotion were such echoes.
-    if promoter.cuts.saw(dict(event["object"]), deleted=_deleted(event)):
+    cut = dict(event["object"])
+    promoter.cuts.saw(cut, deleted=_deleted(event))
+    # The watch event of the operator's own write brings nothing a step has not decided on and
+    # starts none (the step that wrote decides again itself when it moved the rollout). About
+    # half the steps of a promotion were such echoes.
+    if _deleted(event) or not promoter.wrote(cut):
         _promote(memo, namespace, spec.get("publication"))
 
 

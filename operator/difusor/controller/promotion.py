@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 REPEAT_AFTER = timedelta(minutes=10)
+#: PrepCut versions written by the operator remembered to recognise their watch events (a
+#: promotion writes about five; the events come within a second).
+WRITTEN_KEPT = 256
 #: Steps one call takes in a row because each moved the rollout (Verified -> Staging ->
 #: Committing -> Promoted is at most three; a purge adds one): a bound, should a decision keep
 #: writing the same thing.
@@ -131,6 +135,8 @@ class Promoter:
         self._running: set[tuple[str, str]] = set()
         self._again: set[tuple[str, str]] = set()
         self._said: dict[tuple[str, ...], datetime] = {}
+        # The versions of PrepCuts the operator's own writes made (see wrote), the latest kept.
+        self._written: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # Pods' reports on a rollout's target, noted until the next phase writes them.
         self._reports: dict[tuple[str, str, str], Obj] = {}
         # Up to three reads per step (the mirrors list when due), and as many steps at once as
@@ -188,7 +194,18 @@ class Promoter:
         answer = patch_status(self.api, namespace, plural, name, status)
         if plural == "prepcuts":
             self.cuts.saw(answer)
+            with self._guard:
+                self._written[_identity(answer)] = None
+                while len(self._written) > WRITTEN_KEPT:
+                    self._written.popitem(last=False)
         return answer
+
+    def wrote(self, obj: Obj) -> bool:
+        """Whether this version of a PrepCut is one the operator's own write made: its watch
+        event brings nothing a step has not decided on. Any other version may, even one older
+        than the mirror's copy (an agent's write just before the operator's)."""
+        with self._guard:
+            return _identity(obj) in self._written
 
     def _one_step(self, namespace: str, name: str, now: datetime) -> tuple[Decision | None, bool]:
         """The step's decision, and whether it moved the rollout (see logic.promotion.moved)."""
@@ -498,6 +515,11 @@ def _phase_patch(cut: Obj, phase: str, now: datetime) -> Obj:
         patch["stagingAt"] = stamp
         patch["stagedAt"] = None
     return patch
+
+
+def _identity(obj: Obj) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "", meta.get("resourceVersion") or "")
 
 
 def _cut_publication(cut: Obj) -> str | None:
