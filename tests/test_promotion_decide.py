@@ -91,16 +91,19 @@ def test_the_first_cut_of_the_night_is_promoted_with_no_active_cut() -> None:
     assert decide(inputs, T0).rollout.target == NEW
 
 
+#: NEW staging since T0, staged on two of the three pods.
+STAGING_NEW = Rollout(target=NEW, phase=PHASE_STAGING, started_at=T0)
+WAITING = replace(
+    BASE,
+    rollout=STAGING_NEW,
+    pods=three({NEW}, staged_on=2),
+    cuts=(cut(OLD, PROMOTED), cut(NEW, STAGING)),
+)
+
+
 def test_staging_waits_while_some_pods_have_not_staged_before_the_timeout() -> None:
-    staging = Rollout(target=NEW, phase=PHASE_STAGING, started_at=T0)
-    inputs = replace(
-        BASE,
-        rollout=staging,
-        pods=three({NEW}, staged_on=2),
-        cuts=(cut(OLD, PROMOTED), cut(NEW, STAGING)),
-    )
-    d = decide(inputs, T0 + timedelta(seconds=30))
-    assert d.rollout == staging
+    d = decide(WAITING, T0 + timedelta(seconds=30))
+    assert d.rollout == STAGING_NEW
     assert d.cut_phases == {}
 
 
@@ -117,16 +120,9 @@ def test_when_every_serving_pod_has_staged_the_cut_is_committed() -> None:
 
 
 def test_a_step_that_moves_the_rollout_is_followed_by_another_and_one_that_waits_is_not() -> None:
-    staging = Rollout(target=NEW, phase=PHASE_STAGING, started_at=T0)
-    waiting = replace(
-        BASE,
-        rollout=staging,
-        pods=three({NEW}, staged_on=2),
-        cuts=(cut(OLD, PROMOTED), cut(NEW, STAGING)),
-    )
     assert moved(BASE, decide(BASE, T0))  # Verified -> Staging
-    assert not moved(waiting, decide(waiting, T0 + timedelta(seconds=1)))
-    everyone = replace(waiting, pods=three({NEW}))
+    assert not moved(WAITING, decide(WAITING, T0 + timedelta(seconds=1)))
+    everyone = replace(WAITING, pods=three({NEW}))
     assert moved(everyone, decide(everyone, T0 + timedelta(seconds=1)))  # -> Committing
     idle = replace(BASE, cuts=(cut(OLD, PROMOTED),))
     assert not moved(idle, decide(idle, T0))
@@ -135,14 +131,7 @@ def test_a_step_that_moves_the_rollout_is_followed_by_another_and_one_that_waits
 
 
 def test_a_pod_that_misses_the_stage_timeout_is_left_out_and_the_rest_commit() -> None:
-    staging = Rollout(target=NEW, phase=PHASE_STAGING, started_at=T0)
-    inputs = replace(
-        BASE,
-        rollout=staging,
-        pods=three({NEW}, staged_on=2),
-        cuts=(cut(OLD, PROMOTED), cut(NEW, STAGING)),
-    )
-    d = decide(inputs, T0 + timedelta(seconds=121))
+    d = decide(WAITING, T0 + timedelta(seconds=121))
     assert d.rollout.phase == PHASE_COMMITTING
     assert d.excluded == ("w-2",)
     assert d.events[0][0] == "StageTimeout"

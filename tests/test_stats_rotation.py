@@ -60,6 +60,16 @@ def _shipper(api: object, namespace: str, workdir: Path) -> StatsShipper:
     )
 
 
+def _wait_removed(shipper: StatsShipper, logs: Path, what: str) -> None:
+    """Take passes until the rotated log is gone."""
+
+    def removed() -> bool:
+        shipper.step()
+        return not (logs / ROTATED_NAME).exists()
+
+    wait_for(what, removed, timeout=30)
+
+
 def _shipped_requests(api: object, namespace: str) -> int:
     now = int(time.time()) // 3600 * 3600
     total = 0
@@ -102,11 +112,7 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
         wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
         assert (logs / LOG_NAME).stat().st_size == 0
 
-        def removed() -> bool:
-            shipper.step()
-            return not (logs / ROTATED_NAME).exists()
-
-        wait_for("the rotated log removed with no request after it", removed, timeout=30)
+        _wait_removed(shipper, logs, "the rotated log removed with no request after it")
         assert (logs / LOG_NAME).stat().st_size == 0
         assert server.get("/index.html").status == 200  # still logging, to the new file
         wait_for("the next request logged", lambda: (logs / LOG_NAME).stat().st_size > 0)
@@ -154,11 +160,7 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
         assert (logs / ROTATED_NAME).exists(), "past 4Ki with lines still unread: rotated"
         monkeypatch.undo()
 
-        def removed() -> bool:
-            shipper.step()
-            return not (logs / ROTATED_NAME).exists()
-
-        wait_for("the rotated log read to its end and removed", removed, timeout=30)
+        _wait_removed(shipper, logs, "the rotated log read to its end and removed")
         client.close()
     shipper.step()
     assert _shipped_requests(api, namespace) == sent == 45
@@ -204,11 +206,7 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
         assert (logs / ROTATED_NAME).stat().st_ino != first
         assert (logs / ROTATED_NAME).read_bytes().count(b"\n") == 40
 
-        def removed() -> bool:
-            shipper.step()
-            return not (logs / ROTATED_NAME).exists()
-
-        wait_for("the second rotated log removed", removed, timeout=30)
+        _wait_removed(shipper, logs, "the second rotated log removed")
         client.close()
     shipper.step()
     assert _shipped_requests(api, namespace) == sent == 80
