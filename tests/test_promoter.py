@@ -124,6 +124,7 @@ def test_one_call_moves_a_promotion_as_far_as_it_can_and_its_own_writes_start_no
         assert (rollout["phase"], rollout["targetCut"]) == ("Committing", CUT)
         assert (rollout["manifestDigest"], rollout["receivedByIP"]) == (DIGEST, POD_IP)
         assert cut["status"]["phase"] == "Committed"
+        assert cut["status"]["stagingAt"] == cut["status"]["committedAt"]
         # The pod's report goes with the phase, in the same write.
         assert cut["status"]["pods"][POD]["stagedAt"]
         # The watch event of that write is recognised as the operator's own: no step for it.

@@ -506,6 +506,9 @@ def _phase_patch(cut: Obj, phase: str, now: datetime) -> Obj:
     current = cut.get("status") or {}
     patch: Obj = {"phase": phase}
     if phase == COMMITTED:
+        # Staged and committed in one decision (every pod held the cut already): staging began
+        # at this same instant.
+        patch["stagingAt"] = current.get("stagingAt") or stamp
         patch["stagedAt"] = current.get("stagedAt") or stamp
         patch["committedAt"] = current.get("committedAt") or stamp
     elif phase == PROMOTED:
