@@ -17,7 +17,8 @@ cut as every pod's target, saw the first and the last other pod report the cut s
 committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it
 (files they already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
 after the last promotion; `api_requests_per_promotion` = requests the API server answered
-per promotion (its own counters, all callers), the largest kinds by verb and resource. `--history N` records N earlier cuts of the night before the first
+per promotion (its own counters, all callers), the largest kinds by verb and resource.
+`--history N` records N earlier cuts of the night before the first
 one (PrepCuts Superseded, every pod's report and a purge on each, as the operator leaves them):
 the 288th cut of a night with one every five minutes is `--history 287`. Reports p50 and p99; goal: serving_s p99 under 1 s
 for 10 pods, skew under 0.2 s, and a 30-pod run that shows how the time grows with the pods.
