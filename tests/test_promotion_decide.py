@@ -139,13 +139,7 @@ def test_a_pod_that_misses_the_stage_timeout_is_left_out_and_the_rest_commit() -
 
 
 def test_a_promotion_below_the_minimum_fails_and_the_site_keeps_its_cut() -> None:
-    staging = Rollout(target=NEW, phase=PHASE_STAGING, started_at=T0)
-    inputs = replace(
-        BASE,
-        rollout=staging,
-        pods=three({NEW}, staged_on=1),
-        cuts=(cut(OLD, PROMOTED), cut(NEW, STAGING)),
-    )
+    inputs = replace(WAITING, pods=three({NEW}, staged_on=1))
     d = decide(inputs, T0 + timedelta(seconds=121))
     assert d.rollout == Rollout()
     assert d.active == OLD

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,12 +43,17 @@ def _publication(kubeconfig: str, namespace: str) -> None:
     kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(body))
 
 
-def _served_site(tmp_path: Path) -> Path:
-    """A content volume serving one cut."""
+@contextmanager
+def _publication_on_nginx(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[Any]:
+    """The publication, and a real nginx serving one cut of it: (its server, its directory,
+    whose logs/ the shipper reads)."""
+    _publication(kubeconfig, namespace)
     site = Site(tmp_path / "content")
     site.add_version("20240602_2000")
     site.activate("20240602_2000")
-    return site.root
+    workdir = tmp_path / "nginx"
+    with running_nginx(make_spec(), workdir=workdir, content=site.root) as server:
+        yield server, workdir
 
 
 def _shipper(api: object, namespace: str, workdir: Path) -> StatsShipper:
@@ -88,10 +96,7 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
     nginx reopens an empty access.log; the rotated file must still be removed once read and
     shipped, and every request counted once.
     """
-    _publication(crds, namespace)
-    content = _served_site(tmp_path)
-    workdir = tmp_path / "nginx"
-    with running_nginx(make_spec(), workdir=workdir, content=content) as server:
+    with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
         sent = 40  # about 300 bytes a line: well past 4 KiB
         client = server.client("127.0.0.9")
@@ -128,10 +133,7 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
     The log must be rotated all the same (it used to wait for a pause in the traffic, and grew
     past half of a small volume meanwhile), and every request still counted once.
     """
-    _publication(crds, namespace)
-    content = _served_site(tmp_path)
-    workdir = tmp_path / "nginx"
-    with running_nginx(make_spec(), workdir=workdir, content=content) as server:
+    with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
         client = server.client("127.0.0.9")
         sent = 0
@@ -171,10 +173,7 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
 ) -> None:
     """Under steady traffic the live log is past its size again by the time the rotated one
     may go: waiting for the next pass to rotate it let it grow one more interval each time."""
-    _publication(crds, namespace)
-    content = _served_site(tmp_path)
-    workdir = tmp_path / "nginx"
-    with running_nginx(make_spec(), workdir=workdir, content=content) as server:
+    with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
         client = server.client("127.0.0.9")
         sent = 0
