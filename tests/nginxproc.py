@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difusor.ingest.store import count_swap
 from difusor.models import PrepPublicationSpec
 from difusor.render.nginx import HEALTHZ_PATH, READY_MARKER, render_nginx_conf
 
@@ -79,13 +80,17 @@ class Site:
             marker.write_text(json.dumps({"cut": cut}))
         return base
 
-    def activate(self, cut: str) -> None:
-        """Point `current` at versions/<cut> as the agent does: a temporary link, then rename(2)."""
+    def activate(self, cut: str, *, count: bool = True) -> None:
+        """Point `current` at versions/<cut> as the agent does: a temporary link, rename(2), then
+        the swap counter's bump (without `count=False`, which leaves nginx to notice within a
+        second)."""
         temporary = self.root / f".current.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         temporary.symlink_to(f"versions/{cut}")
         temporary.replace(self.root / "current")
+        if count:
+            count_swap(self.root)
 
 
 @dataclass

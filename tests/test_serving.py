@@ -22,6 +22,7 @@ from difusor.render.nginx import (
     NO_STORE,
     READYZ_PATH,
     RUN_DIR,
+    SWAP_COUNTER,
 )
 
 from .conftest import REPO
@@ -96,6 +97,64 @@ def test_swapping_current_takes_effect_on_the_next_request_without_reload(
     assert third.headers["x-prep-cut"] == third.cut_in_body() == CUT_A
     assert second.headers["x-prep-cut-time"] == "2024-06-02T21:00:00-06:00"
     assert nginx.process.poll() is None
+
+
+def _serves_within(nginx: Nginx, cut: str, seconds: float) -> bool:
+    """Whether some request within `seconds` is answered from `cut`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if nginx.get("/json/main.json").headers.get("x-prep-cut") == cut:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def lua_nginx(tmp_path: Path, site: Site) -> Iterator[Nginx]:
+    """nginx reading `current` from Lua (the pod's way), with its counter of swaps."""
+    with running_nginx(
+        make_spec(), workdir=tmp_path / "nginx", content=site.root, current_resolver="lua"
+    ) as server:
+        yield server
+
+
+def test_a_swap_the_counter_does_not_announce_is_served_within_a_second_or_two(
+    lua_nginx: Nginx, site: Site
+) -> None:
+    assert lua_nginx.get("/json/main.json").headers["x-prep-cut"] == CUT_A
+    site.activate(CUT_B, count=False)
+    assert _serves_within(lua_nginx, CUT_B, 10)
+
+
+def test_a_replaced_swap_counter_is_mapped_again(lua_nginx: Nginx, site: Site) -> None:
+    assert lua_nginx.get("/json/main.json").headers["x-prep-cut"] == CUT_A
+    counter = site.root / SWAP_COUNTER
+    inode = counter.stat().st_ino
+    # A restored volume: a new counter file, whose bumps are the only news of later swaps.
+    counter.unlink()
+    site.activate(CUT_B)
+    assert counter.stat().st_ino != inode
+    assert _serves_within(lua_nginx, CUT_B, 10)
+    time.sleep(1.5)  # past the once-a-second recheck that maps the new file in every worker
+    for cut in (CUT_A, CUT_B, CUT_A):
+        site.activate(cut)
+        answers = [lua_nginx.get("/json/main.json") for _ in range(6)]
+        assert [(a.status, a.headers["x-prep-cut"]) for a in answers] == [(200, cut)] * 6
+
+
+def test_a_short_swap_counter_is_never_read_past_its_end(lua_nginx: Nginx, site: Site) -> None:
+    counter = site.root / SWAP_COUNTER
+    counter.unlink()
+    counter.write_bytes(b"\x01")  # mapping it and reading 4 bytes would kill the worker (SIGBUS)
+    deadline = time.monotonic() + 2.5
+    statuses = set()
+    while time.monotonic() < deadline:
+        statuses.add(lua_nginx.get("/json/main.json").status)
+        time.sleep(0.02)
+    site.activate(CUT_B, count=False)
+    assert lua_nginx.get("/json/main.json").headers["x-prep-cut"] == CUT_B
+    assert statuses == {200}
+    assert "signal" not in lua_nginx.stderr.read_text()
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pytest
 from difusor.ingest.store import Quarantined, Store, Stored
 from difusor.logic.archive import META_DIR, Reason, manifest_digest
 from difusor.models import IngestMode, IngestSpec
+from difusor.render.nginx import SWAP_COUNTER
 
 from .archives import StreamedStore, make_tar, make_zip, site_files
 from .conftest import REPO, require_binary
@@ -164,6 +165,48 @@ def test_swap_current_points_the_relative_link_at_the_new_version(store: Store) 
     assert not [p for p in store.root.iterdir() if p.name.startswith(".current")]
     with pytest.raises(FileNotFoundError):
         store.swap_current("20240602_2359")
+
+
+def _swaps(store: Store) -> tuple[int, int]:
+    """The swap counter's value and inode."""
+    path = store.root / SWAP_COUNTER
+    return int.from_bytes(path.read_bytes(), "little"), path.stat().st_ino
+
+
+@pytest.mark.unit
+def test_each_swap_bumps_the_counter_nginx_has_mapped_in_place(store: Store) -> None:
+    stored(store, make_zip(store.incoming / f"{FIRST}.zip", site_files(cut=FIRST)))
+    stored(store, make_zip(store.incoming / f"{SECOND}.zip", site_files(cut=SECOND)))
+    count, inode = _swaps(store)
+    store.swap_current(FIRST)
+    store.swap_current(SECOND)
+    assert _swaps(store) == (count + 2, inode)
+    (store.root / SWAP_COUNTER).write_bytes((2**32 - 1).to_bytes(4, "little"))
+    store.swap_current(FIRST)
+    assert _swaps(store) == (0, inode)
+    assert store.recover() == []
+    assert _swaps(store) == (0, inode)
+
+
+@pytest.mark.unit
+def test_a_missing_or_short_swap_counter_is_replaced_whole(store: Store) -> None:
+    stored(store, make_zip(store.incoming / f"{FIRST}.zip", site_files(cut=FIRST)))
+    counter = store.root / SWAP_COUNTER
+    counter.unlink()
+    (store.root / f"{SWAP_COUNTER}.99.tmp").write_bytes(b"\0")
+    assert store.recover() == [
+        f"removed temporary file {SWAP_COUNTER}.99.tmp",
+        f"created the swap counter {SWAP_COUNTER}",
+    ]
+    assert counter.read_bytes() == (1).to_bytes(4, "little")
+    counter.write_bytes(b"\x07")
+    inode = counter.stat().st_ino
+    store.swap_current(FIRST)
+    assert counter.read_bytes() == (1).to_bytes(4, "little")
+    assert counter.stat().st_ino != inode
+    assert sorted(p.name for p in store.root.iterdir() if p.name.startswith(SWAP_COUNTER)) == [
+        SWAP_COUNTER
+    ]
 
 
 @pytest.mark.unit

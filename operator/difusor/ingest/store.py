@@ -63,6 +63,7 @@ from difusor.logic.archive import (
 from difusor.logic.completion import final_name
 from difusor.logic.cuts import WORK_SUFFIX, is_stale, versions_to_prune
 from difusor.models import IngestMode, IngestSpec
+from difusor.render.nginx import SWAP_COUNTER
 
 #: Files up to this size are read whole, so an unchanged one is linked without being written.
 SMALL_FILE = 1 << 20
@@ -124,9 +125,11 @@ class Store:
         for path in self.root.glob(".current.*"):
             path.unlink()
             done.append(f"removed temporary link {path.name}")
-        for path in self.quarantine_dir.glob("*.tmp"):
+        for path in (*self.quarantine_dir.glob("*.tmp"), *self.root.glob(f"{SWAP_COUNTER}.*.tmp")):
             path.unlink()
             done.append(f"removed temporary file {path.name}")
+        if count_swap(self.root, create_only=True):
+            done.append(f"created the swap counter {SWAP_COUNTER}")
         return done
 
     def active_cut(self) -> str | None:
@@ -381,6 +384,7 @@ class Store:
         # Relative, so the volume serves the same wherever it is mounted.
         os.symlink(f"versions/{cut}", temporary)
         os.replace(temporary, self.current)
+        count_swap(self.root)
         fsync_dir(self.root)
 
     def prune(self, *, keep: int, protected: Iterable[str | None]) -> list[str]:
@@ -679,6 +683,36 @@ def remove(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+def count_swap(root: Path, *, create_only: bool = False) -> bool:
+    """Bumps the swap counter beside `current` after a rename; True if it had to be created.
+
+    nginx keeps the file mapped and reads `current` again when the count moves, so the count is
+    written in place and never truncated (a mapped file shorter than its 4 bytes is SIGBUS). A
+    missing or short file is replaced whole by rename, a new inode that nginx maps within a
+    second (until then it reads `current` on every request). `create_only` leaves a good one
+    as it is.
+    """
+    path = root / SWAP_COUNTER
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        fd = -1
+    if fd >= 0:
+        try:
+            raw = os.pread(fd, 4, 0)
+            if len(raw) == 4:
+                if not create_only:
+                    count = (int.from_bytes(raw, "little") + 1) & 0xFFFFFFFF
+                    os.pwrite(fd, count.to_bytes(4, "little"), 0)
+                return False
+        finally:
+            os.close(fd)
+    temporary = root / f"{SWAP_COUNTER}.{os.getpid()}.tmp"
+    temporary.write_bytes((1).to_bytes(4, "little"))
+    os.replace(temporary, path)
+    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -29,6 +29,9 @@ ACCESS_LOG_PATH: Final = "/var/log/difusor/access.log"
 CONTAINMENT_DIR: Final = "containment"
 #: Inside a version, the file whose presence makes the version complete (written last by the agent).
 READY_MARKER: Final = ".prep/manifest.json"
+#: Beside `current`: a 4-byte little-endian count of its swaps, bumped in place after each rename
+#: (ingest.store.count_swap). nginx maps it and reads the link again when the count moves.
+SWAP_COUNTER: Final = ".swaps"
 #: What the institute asks for on /json/main.json, and what every no-store path gets.
 NO_STORE: Final = "no-cache, no-store, must-revalidate"
 #: Request paths never served: dotfiles (.prep/, .git ...) and the content volume's own directories.
@@ -167,11 +170,14 @@ def render_nginx_conf(
     With `spec.window`, requests before its start (by nginx's own clock) are served from
     `placeholder_dir` with the same headers, and /readyz answers 200 without a cut.
 
-    Every request reads `current` once, so that a swap needs no reload and the cut headers come
-    from the version whose file is served. `current_resolver="lua"` reads the link with one
-    readlink(2) through LuaJIT's FFI (Debian's libnginx-mod-http-lua, in the difusor-nginx image);
-    `"realpath"` needs no module but pays realpath(3), one readlink per path component: about
-    5 % more nginx CPU per request for main.json (bench/serving.py).
+    Every request resolves `current` once, so that a swap needs no reload and the cut headers
+    come from the version whose file is served. `current_resolver="lua"` (Debian's
+    libnginx-mod-http-lua, in the difusor-nginx image) keeps the target per worker and reads the
+    link again, with one readlink(2) through LuaJIT's FFI, when the agent's swap counter
+    (`SWAP_COUNTER`, mapped from the content volume) has moved since, at least once a second,
+    and on every request while there is no counter. `"realpath"` needs no module and pays
+    realpath(3) on every request, one readlink per path component (bench/serving.py measures
+    both).
     """
     if current_resolver not in CURRENT_RESOLVERS:
         raise ValueError(
@@ -405,31 +411,73 @@ def _current_resolution(resolver: CurrentResolver, content: str) -> list[str]:
             '    default "";',
             "}",
         ]
-    # `current` is always `versions/<cut>`, written by the agent (store.activate); each nginx
-    # worker is one thread, so the module-level buffers are safe.
+    # `current` is always `versions/<cut>`, written by the agent (Store.swap_current), which bumps
+    # the swap counter beside it after each rename. Each nginx worker is one thread, so the
+    # module-level state is safe. Linux values: O_RDONLY 0, SEEK_END 2, PROT_READ 1, MAP_SHARED 1.
     return [
-        "# One readlink(2) of `current` per request (realpath(3) would take one per path component);",
-        "# the root string is rebuilt only when the link's target changes.",
+        "# `current` is read again only when the agent's swap counter moves (a load from shared",
+        "# memory per request, no system call), and at least once a second whatever the counter",
+        "# says; without the counter (a pod whose agent has not started yet), on every request.",
         "init_by_lua_block {",
         '    local ffi = require "ffi"',
         "    ffi.cdef[[",
         "        long readlink(const char *path, char *buf, size_t size);",
         "        int memcmp(const void *a, const void *b, size_t n);",
+        "        int open(const char *path, int flags, ...);",
+        "        long lseek(int fd, long offset, int whence);",
+        "        void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);",
+        "        int munmap(void *addr, size_t length);",
+        "        int close(int fd);",
         "    ]]",
-        "    local C, size = ffi.C, 4096",
+        "    local C, now, size = ffi.C, ngx.now, 4096",
         '    local buf, last = ffi.new("char[?]", size), ffi.new("char[?]", size)',
-        '    local last_n, last_root = -1, ""',
+        '    local last_n, root, failed = -1, "", ffi.cast("void *", -1)',
         f'    local current, base = "{content}/current", "{content}/"',
-        "    function prep_current()",
+        f'    local counter = "{content}/{SWAP_COUNTER}"',
+        "    local region, map, seen, recheck = nil, nil, -1, 0",
+        "    -- The counter, mapped read-only afresh (the file may have been replaced); nil while it",
+        "    -- is missing or shorter than its 4 bytes (reading past its end would be SIGBUS).",
+        "    local function remap()",
+        "        if region ~= nil then C.munmap(region, 4) end",
+        "        region, map = nil, nil",
+        "        local fd = C.open(counter, 0)",
+        "        if fd < 0 then return end",
+        "        if C.lseek(fd, 0, 2) >= 4 then",
+        "            local p = C.mmap(nil, 4, 1, 1, fd, 0)",
+        "            if p ~= failed then",
+        '                region, map = p, ffi.cast("const volatile uint32_t *", p)',
+        "            end",
+        "        end",
+        "        C.close(fd)",
+        "    end",
+        "    -- One readlink(2) (realpath(3) takes one per path component); the root string is",
+        "    -- rebuilt only when the target changes.",
+        "    local function resolve()",
         "        local n = tonumber(C.readlink(current, buf, size))",
-        '        if n <= 0 or n >= size then return "" end',
-        "        if n ~= last_n or C.memcmp(buf, last, n) ~= 0 then",
+        "        if n <= 0 or n >= size then",
+        '            last_n, root = -1, ""',
+        "        elseif n ~= last_n or C.memcmp(buf, last, n) ~= 0 then",
         "            local target = ffi.string(buf, n)",
-        "            last_root = target:byte(1) == 47 and target or base .. target",
+        "            root = target:byte(1) == 47 and target or base .. target",
         "            ffi.copy(last, buf, n)",
         "            last_n = n",
         "        end",
-        "        return last_root",
+        "        return root",
+        "    end",
+        "    -- The counter is read before the link: the agent renames, then bumps.",
+        "    function prep_current()",
+        "        local t = now()",
+        "        if t >= recheck then",
+        "            recheck = t + 1",
+        "            remap()",
+        "            if map ~= nil then seen = map[0] end",
+        "            return resolve()",
+        "        end",
+        "        if map == nil then return resolve() end",
+        "        local count = map[0]",
+        "        if count == seen then return root end",
+        "        seen = count",
+        "        return resolve()",
         "    end",
         "}",
         *cached,
