@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from difusor.ingest import store as store_module
 from difusor.ingest.store import Quarantined, Store, Stored
 from difusor.logic.archive import META_DIR, Reason, manifest_digest
 from difusor.models import IngestMode, IngestSpec
@@ -165,6 +169,40 @@ def test_swap_current_points_the_relative_link_at_the_new_version(store: Store) 
     assert not [p for p in store.root.iterdir() if p.name.startswith(".current")]
     with pytest.raises(FileNotFoundError):
         store.swap_current("20240602_2359")
+
+
+@pytest.mark.unit
+def test_a_big_stored_archive_leaves_incoming_at_once_and_its_blocks_are_freed_after(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later: list[Callable[[], None]] = []
+
+    class Later:
+        """A thread that runs when the test says."""
+
+        def __init__(self, *, target: Callable[..., None], kwargs: dict[str, Any], **_: Any):
+            self.run = functools.partial(target, **kwargs)
+
+        def start(self) -> None:
+            later.append(self.run)
+
+    monkeypatch.setattr(store_module, "FREED_APART", 1)
+    monkeypatch.setattr(store_module, "threading", SimpleNamespace(Thread=Later))
+    archive = make_zip(store.incoming / f"{FIRST}.zip", site_files(cut=FIRST))
+    stored(store, archive)
+    trash = store.versions / f".{archive.name}.stored.partial"
+    assert not archive.exists()
+    assert trash.is_file()
+    assert store.cuts() == [FIRST]
+    # A crash before the blocks were freed leaves the work file for recover().
+    assert store.recover() == [f"removed unfinished {trash.name}"]
+    assert sorted(p.name for p in store.versions.iterdir()) == [FIRST]
+    [free] = later
+    free()  # the removal finds nothing left to remove
+    stored(store, make_zip(store.incoming / f"{SECOND}.zip", site_files(cut=SECOND)))
+    assert (store.versions / f".{SECOND}.zip.stored.partial").is_file()
+    later.pop()()
+    assert sorted(p.name for p in store.versions.iterdir()) == [FIRST, SECOND]
 
 
 def _swaps(store: Store) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ from difusor.render.nginx import SWAP_COUNTER
 
 #: Files up to this size are read whole, so an unchanged one is linked without being written.
 SMALL_FILE = 1 << 20
+#: Stored archives from this size on are removed by a thread of their own (Store._discard).
+FREED_APART = 64 << 20
 
 Hook = Callable[[str], None]
 """Called with the name of each step of an ingest as it completes (tests stop the process there)."""
@@ -341,8 +344,24 @@ class Store:
             remove(work)
             raise
         remove(work)
-        archive.unlink()
+        self._discard(archive)
         return stored
+
+    def _discard(self, archive: Path) -> None:
+        """Removes a stored archive; a big one leaves incoming/ at once and is freed in the
+        background.
+
+        Freeing a synced 500 MB file takes ext4 over a tenth of a second, which the cut need not
+        wait for. A crash before then leaves a work file in versions/ that `recover` removes.
+        """
+        if archive.stat().st_size < FREED_APART:
+            archive.unlink()
+            return
+        trash = self.versions / f".{archive.name}.stored{WORK_SUFFIX}"
+        os.replace(archive, trash)
+        threading.Thread(
+            target=trash.unlink, kwargs={"missing_ok": True}, name="discard", daemon=True
+        ).start()
 
     def quarantine(
         self,
