@@ -209,3 +209,37 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
         client.close()
     shipper.step()
     assert _shipped_requests(api, namespace) == sent == 80
+
+
+def test_the_shipper_takes_the_publication_from_the_agent_s_copy(
+    crds: str, api: object, namespace: str, tmp_path: Path
+) -> None:
+    """The agent's watched copy of the publication, not a read on every pass of every pod."""
+    with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
+        stored = json.loads(
+            kubectl(crds, "-n", namespace, "get", "preppublication", PUB, "-o", "json")
+        )
+        # What the agent's watch delivered, here with a ship interval the API server's copy lacks.
+        stored["spec"]["statistics"]["shipIntervalSeconds"] = 7
+        reads: list[int] = []
+
+        def copy() -> dict[str, Any]:
+            reads.append(1)
+            return stored
+
+        shipper = StatsShipper(
+            api,  # type: ignore[arg-type]
+            namespace=namespace,
+            publication=PUB,
+            pod=POD,
+            log_dir=workdir / "logs",
+            nginx_pid_file=workdir / "run" / "nginx.pid",
+            read_publication=copy,
+        )
+        assert server.get("/json/main.json").status == 200
+        shipper.step()
+        shipper.step()
+        assert (len(reads), shipper.interval) == (2, 7.0)
+        reading = _shipper(api, namespace, workdir)
+        reading.step()
+        assert reading.interval == 1.0  # without the agent's copy: read from the API server

@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,7 +111,11 @@ class _File:
 
 
 class StatsShipper:
-    """One pod's log compaction and shipping; `step()` is one pass."""
+    """One pod's log compaction and shipping; `step()` is one pass.
+
+    `read_publication` gives the publication at each pass (the agent's copy, kept by its watch);
+    without it each pass reads it from the API server.
+    """
 
     def __init__(
         self,
@@ -121,10 +126,12 @@ class StatsShipper:
         pod: str,
         log_dir: Path,
         nginx_pid_file: Path,
+        read_publication: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.publication = publication
+        self.read_publication = read_publication or self._get_publication
         self.pod = pod
         self.log_dir = log_dir
         self.nginx_pid_file = nginx_pid_file
@@ -138,10 +145,14 @@ class StatsShipper:
 
     # --- setup -----------------------------------------------------------------------------
 
-    def _configure(self) -> None:
-        publication = request(
+    def _get_publication(self) -> dict[str, Any]:
+        found: dict[str, Any] = request(
             self.api, "GET", custom_path(self.namespace, "preppublications", self.publication)
         )
+        return found
+
+    def _configure(self) -> None:
+        publication = self.read_publication()
         spec = PrepPublicationSpec.model_validate(publication.get("spec") or {})
         self.metadata = publication["metadata"]
         self.rotate_bytes = parse_quantity(spec.statistics.log_rotate_size)
