@@ -56,7 +56,7 @@ def _publication_on_nginx(kubeconfig: str, namespace: str, tmp_path: Path) -> It
         yield server, workdir
 
 
-def _shipper(api: object, namespace: str, workdir: Path) -> StatsShipper:
+def _shipper(api: object, namespace: str, workdir: Path, **options: Any) -> StatsShipper:
     """The agent's shipper of the nginx running in `workdir`."""
     return StatsShipper(
         api,  # type: ignore[arg-type]
@@ -65,6 +65,7 @@ def _shipper(api: object, namespace: str, workdir: Path) -> StatsShipper:
         pod=POD,
         log_dir=workdir / "logs",
         nginx_pid_file=workdir / "run" / "nginx.pid",
+        **options,
     )
 
 
@@ -227,15 +228,7 @@ def test_the_shipper_takes_the_publication_from_the_agent_s_copy(
             reads.append(1)
             return stored
 
-        shipper = StatsShipper(
-            api,  # type: ignore[arg-type]
-            namespace=namespace,
-            publication=PUB,
-            pod=POD,
-            log_dir=workdir / "logs",
-            nginx_pid_file=workdir / "run" / "nginx.pid",
-            read_publication=copy,
-        )
+        shipper = _shipper(api, namespace, workdir, read_publication=copy)
         assert server.get("/json/main.json").status == 200
         shipper.step()
         shipper.step()
