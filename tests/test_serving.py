@@ -25,7 +25,7 @@ from difusor.render.nginx import (
     SWAP_COUNTER,
 )
 
-from .conftest import REPO
+from .conftest import REPO, wait_for
 from .nginxproc import Nginx, Site, make_spec, nginx_test, running_nginx, version_files
 
 pytestmark = pytest.mark.e2e
@@ -99,14 +99,14 @@ def test_swapping_current_takes_effect_on_the_next_request_without_reload(
     assert nginx.process.poll() is None
 
 
-def _serves_within(nginx: Nginx, cut: str, seconds: float) -> bool:
-    """Whether some request within `seconds` is answered from `cut`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if nginx.get("/json/main.json").headers.get("x-prep-cut") == cut:
-            return True
-        time.sleep(0.02)
-    return False
+def _wait_served(nginx: Nginx, cut: str) -> None:
+    """Until a request is answered from `cut` (at most 10 s)."""
+    wait_for(
+        f"{cut} served",
+        lambda: nginx.get("/json/main.json").headers.get("x-prep-cut") == cut,
+        timeout=10,
+        interval=0.02,
+    )
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_a_swap_the_counter_does_not_announce_is_served_within_a_second_or_two(
 ) -> None:
     assert lua_nginx.get("/json/main.json").headers["x-prep-cut"] == CUT_A
     site.activate(CUT_B, count=False)
-    assert _serves_within(lua_nginx, CUT_B, 10)
+    _wait_served(lua_nginx, CUT_B)
 
 
 def test_a_replaced_swap_counter_is_mapped_again(lua_nginx: Nginx, site: Site) -> None:
@@ -134,7 +134,7 @@ def test_a_replaced_swap_counter_is_mapped_again(lua_nginx: Nginx, site: Site) -
     counter.unlink()
     site.activate(CUT_B)
     assert counter.stat().st_ino != inode
-    assert _serves_within(lua_nginx, CUT_B, 10)
+    _wait_served(lua_nginx, CUT_B)
     time.sleep(1.5)  # past the once-a-second recheck that maps the new file in every worker
     for cut in (CUT_A, CUT_B, CUT_A):
         site.activate(cut)

@@ -190,12 +190,12 @@ def cut_changed(
 ) -> None:
     """A cut was received or verified: it may start a promotion."""
     promoter: Promoter = memo.promoter
-    cut = dict(event["object"])
-    promoter.cuts.saw(cut, deleted=_deleted(event))
+    cut, deleted = dict(event["object"]), _deleted(event)
+    promoter.cuts.saw(cut, deleted=deleted)
     # The watch event of the operator's own write brings nothing a step has not decided on and
     # starts none (the step that wrote decides again itself when it moved the rollout). About
     # half the steps of a promotion were such echoes.
-    if _deleted(event) or not promoter.wrote(cut):
+    if deleted or not promoter.wrote(cut):
         _promote(memo, namespace, spec.get("publication"))
 
 
