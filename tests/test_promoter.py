@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from difusor.controller.promotion import Promoter
+from difusor.controller.promotion import STEP_STAMPS, Promoter, _phase_patch
 from difusor.kube import core_path, custom_path, patch_status, read, request
-from difusor.models import cut_object_name
+from difusor.models import cut_object_name, parse_time
 from difusor.render.labels import (
     ACTIVE_ANNOTATION,
     PUBLICATION_LABEL,
@@ -162,3 +162,21 @@ def test_one_call_moves_a_promotion_as_far_as_it_can_and_its_own_writes_start_no
         promoter.step(namespace, PUB, datetime.now(UTC))
         assert _state(api, namespace)[1]["metadata"]["resourceVersion"] == version
         assert len(hook.accepted) == 1
+
+
+def test_a_cut_staged_again_keeps_its_first_times_in_order() -> None:
+    """A commit restarted (its pods went) and, later, a rollback to the cut: each time is the
+    first passage through its step, so the times stay in order and servingAt stays when the
+    cut first went live."""
+    times = iter(datetime(2024, 6, 3, 2, 40, s, tzinfo=UTC) for s in range(60))
+    status: Obj = {"phase": "Verified", "verifiedAt": "2024-06-03T02:39:59.5Z"}
+    for phase in ("Staging", "Committed", "Staging", "Committed", "Promoted", "Superseded",
+                  "Staging", "Committed", "Promoted"):  # fmt: skip
+        status.update(_phase_patch({"status": status}, phase, next(times)))
+    stamps = [parse_time(status[k]) for k in ("verifiedAt", *STEP_STAMPS)]
+    assert stamps == sorted(stamps), stamps
+    assert [t.second for t in stamps[1:]] == [0, 1, 1, 4]
+    # Staged and committed in one decision: one instant for the steps it passed at once.
+    once = _phase_patch({"status": {"phase": "Verified"}}, "Committed", next(times))
+    assert once["stagingAt"] == once["stagedAt"] == once["committedAt"]
+    assert "servingAt" not in once

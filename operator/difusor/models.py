@@ -899,13 +899,13 @@ class PrepCutStatus(Model):
     verified_at: str | None = None
     """When validation passed."""
     staging_at: str | None = None
-    """When the operator set it as every serving pod's target."""
+    """When the operator first set it as every serving pod's target (each time below is set once)."""
     staged_at: str | None = None
-    """When every serving pod had staged it."""
+    """When every serving pod first had it staged."""
     committed_at: str | None = None
-    """When the operator committed it."""
+    """When the operator first committed it."""
     serving_at: str | None = None
-    """When every serving pod served it."""
+    """When every serving pod first served it (a rollback to the cut keeps it)."""
     pods: dict[str, PodReport] = Field(default_factory=dict)
     """Reports by pod name."""
     purge: CutPurge | None = None

@@ -500,23 +500,26 @@ class Promoter:
                 pending[pod.name] = {k: v for k, v in report.items() if k not in written}
 
 
+#: A cut's times, in the order of its steps, and how many of them each phase has passed.
+STEP_STAMPS = ("stagingAt", "stagedAt", "committedAt", "servingAt")
+PASSED = {STAGING: 1, COMMITTED: 3, PROMOTED: 4}
+
+
 def _phase_patch(cut: Obj, phase: str, now: datetime) -> Obj:
-    """The status fields of a PrepCut entering `phase`."""
+    """The status fields of a PrepCut entering `phase`.
+
+    Each time is the cut's first passage through its step, set once: a cut staged again (a
+    commit restarted because its pods went, a rollback to a pinned cut) keeps the times it has,
+    so they stay in order and servingAt stays when the cut first went live (the memoria's lag).
+    A step reached in one decision with the ones before it (every pod held the cut already)
+    stamps them all with the same instant.
+    """
     stamp = _stamp(now)
     current = cut.get("status") or {}
     patch: Obj = {"phase": phase}
-    if phase == COMMITTED:
-        # Staged and committed in one decision (every pod held the cut already): staging began
-        # at this same instant.
-        patch["stagingAt"] = current.get("stagingAt") or stamp
-        patch["stagedAt"] = current.get("stagedAt") or stamp
-        patch["committedAt"] = current.get("committedAt") or stamp
-    elif phase == PROMOTED:
-        patch["servingAt"] = current.get("servingAt") or stamp
-        patch["committedAt"] = current.get("committedAt") or stamp
-    elif phase == STAGING:
-        patch["stagingAt"] = stamp
-        patch["stagedAt"] = None
+    for key in STEP_STAMPS[: PASSED.get(phase, 0)]:
+        if not current.get(key):
+            patch[key] = stamp
     return patch
 
 
