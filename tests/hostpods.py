@@ -41,7 +41,7 @@ from kubernetes import config as k8s_config
 from difusor.agent.sftpserver import prepare_host_keys
 from difusor.render.files import SSHD_RUNTIME_DIR
 
-from .conftest import kubectl, require_binary, token_kubeconfig
+from .conftest import kubectl, require_binary, token_kubeconfig, wait_for
 from .sshdproc import _run_as
 
 log = logging.getLogger("hostpods")
@@ -212,6 +212,22 @@ class Harness:
         """The pods running now, by name."""
         with self._lock:
             return sorted(self.pods.values(), key=lambda p: p.name)
+
+    def listening(self, count: int = 3, *, timeout: float = 180) -> list[HostPod]:
+        """Wait until `count` pods run and each one's nginx, agent and sshd take connections.
+
+        A pod is running once its processes are started, a moment before they listen; and
+        without a cut it is (rightly) not Ready, so readiness cannot be waited for instead.
+        """
+
+        def listening() -> list[HostPod] | None:
+            pods = self.running()
+            ports = (HTTP_PORT, AGENT_PORT, SFTP_PORT)
+            ok = len(pods) == count and all(_tcp_ok(p.ip, port) for p in pods for port in ports)
+            return pods if ok else None
+
+        found: list[HostPod] = wait_for(f"{count} host pods listening", listening, timeout=timeout)
+        return found
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ def site(
         kubeconfig, tmp_path_factory.mktemp("e2e"), prefix="e2e", name=PUB, spec=spec
     ) as stage:
         public = host_public_key(kubeconfig, namespace=stage.namespace, publication=PUB)
-        wait_for("3 host pods", lambda: len(stage.harness.running()) == 3, timeout=180)
+        stage.harness.listening(3)
         yield Site(
             kubeconfig, stage.namespace, stage.harness, stage.key,
             stage.work / "known_hosts", stage.work, public,

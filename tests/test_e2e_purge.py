@@ -113,7 +113,7 @@ def setup(
         setup = Setup(kubeconfig, namespace, harness, work, stage.key, work / "known_hosts", public)
         setup.stack = stack
         try:
-            wait_for("3 host pods", lambda: len(harness.running()) == 3, timeout=180)
+            harness.listening(3)
             varnish = setup.start_varnish()
             cdn = {"provider": "varnish", "endpoint": varnish.endpoint, "purgers": ["127.0.0.1/32"]}
             kubectl(kubeconfig, "-n", namespace, "patch", "prep", PUB, "--type=merge",

@@ -232,8 +232,7 @@ def site(
             kubeconfig, namespace, harness, stage.key, work / "known_hosts", work, public,
             started=datetime.now(UTC), sent=Sent(),
         )  # fmt: skip
-        wait_for("3 host pods", lambda: len(harness.running()) == 3, timeout=180)
-        site.upload(harness.running()[0], "20240602_2020", seed=1)
+        site.upload(harness.listening(3)[0], "20240602_2020", seed=1)
         wait_for(
             "every pod serving the first cut",
             lambda: (

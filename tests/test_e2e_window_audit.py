@@ -157,7 +157,7 @@ def test_before_the_start_the_pods_are_ready_serving_the_placeholder(window: Win
 def test_a_cut_uploaded_before_the_start_is_shown_when_the_window_opens(window: Window) -> None:
     # Not window.pods(): on a slow machine the start may have passed, and without a cut the
     # pods are (rightly) not Ready any more.
-    pods = wait_for("3 host pods", lambda: len(p := window.harness.running()) == 3 and p)
+    pods = window.harness.listening(3)
     window.upload(pods[0], CUT, seed=1)
 
     def all_serve() -> bool:
