@@ -201,9 +201,7 @@ def site(
         harness = stage.harness
         port: int = operator.metrics_port  # type: ignore[attr-defined]
         site = Site(kubeconfig, stage.namespace, harness, operator, port, stage.work)
-        pods = wait_for(
-            "3 host pods", lambda: len(harness.running()) == 3 and harness.running(), timeout=180
-        )
+        pods = harness.listening(3)
         upload(site, pods[0], FIRST, seed=1)
         all_serve(site, FIRST)
         wait_for(
@@ -363,6 +361,35 @@ def test_a_pod_that_cannot_swap_at_the_commit_is_left_out_after_the_timeout(site
         "pod unable to swap", stage_timeout_s=10, detect_s=round(detected, 1),
         heal_after_unblock_s=round(time.monotonic() - freed, 1),
     )  # fmt: skip
+
+
+def test_a_pod_that_cannot_stage_says_why_in_the_cut_and_in_the_event(site: Site) -> None:
+    """A pod whose volume refuses to store the cut (its versions/ directory made immutable)
+    cannot fetch it: the reason it gives reaches the PrepCut (status.pods.<pod>.error) and the
+    StageTimeout Event, the other pods commit, and the pod catches up once it can write."""
+    pods = site.pods()
+    cut = "20240602_2120"
+    stuck = pods[2]
+    versions = stuck.content / "versions"
+    subprocess.run(["chattr", "+i", str(versions)], check=True)
+    try:
+        upload(site, pods[0], cut, seed=4)
+        wait_for("the cut active", lambda: (site.status().get("activeCut") or {}).get("id") == cut)
+        assert served_cut(stuck) != cut
+        reports = json.loads(site.kubectl("get", "prepcut", f"{PUB}-{cut.replace('_', '-')}",
+                                          "-o", "json"))["status"]["pods"]  # fmt: skip
+        assert "stagedAt" not in reports[stuck.name], reports
+        error = reports[stuck.name]["error"]
+        assert error.startswith("no pod could send it; from http://"), error
+        assert "Operation not permitted" in error, error
+        assert f"{cut}.partial" in error, error
+        assert all("error" not in reports[p.name] for p in pods[:2]), reports
+        timeouts = [e["message"] for e in site.events("StageTimeout") if cut in e["message"]]
+        assert timeouts, "no StageTimeout Event"
+        assert f"{stuck.name}: no pod could send it" in timeouts[0], timeouts
+    finally:
+        subprocess.run(["chattr", "-i", str(versions)], check=True)
+    all_serve(site, cut)
 
 
 def test_a_flood_from_one_address_is_denied_on_every_pod_and_released_after_expiry(

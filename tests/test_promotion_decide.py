@@ -136,6 +136,13 @@ def test_a_pod_that_misses_the_stage_timeout_is_left_out_and_the_rest_commit() -
     assert d.excluded == ("w-2",)
     assert d.events[0][0] == "StageTimeout"
     assert "w-2" in d.events[0][1]
+    # The reason the pod gave goes with it; one about another cut does not.
+    failing = replace(WAITING.pods[2], error=f"{NEW}: no pod could send it; disk full")
+    d = decide(replace(WAITING, pods=(*WAITING.pods[:2], failing)), T0 + timedelta(seconds=121))
+    assert d.events[0][1].endswith("committing on 2/3 pods; w-2: no pod could send it; disk full")
+    older = replace(failing, error=f"{OLD}: no pod could send it")
+    d = decide(replace(WAITING, pods=(*WAITING.pods[:2], older)), T0 + timedelta(seconds=121))
+    assert d.events[0][1].endswith("committing on 2/3 pods")
 
 
 def test_a_promotion_below_the_minimum_fails_and_the_site_keeps_its_cut() -> None:

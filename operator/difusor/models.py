@@ -855,7 +855,7 @@ class PodReport(Model):
     active_at: str | None = None
     """When the pod started serving the cut."""
     error: str | None = None
-    """Why the pod could not stage it."""
+    """Why the pod could not stage it, the first reason it gave (a stagedAt as well: it did later)."""
 
 
 class CutPurge(Model):

@@ -53,6 +53,7 @@ from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase, Win
 from difusor.render.labels import (
     ACTIVE_ANNOTATION,
     ATTACK_ANNOTATION,
+    STAGE_ERROR_ANNOTATION,
     STAGED_ANNOTATION,
     selector_string,
 )
@@ -65,6 +66,8 @@ COMMITTING = "Committing"
 #: The watch brings every change at once and the whole object at least every minute; the read
 #: is the fallback for a watch that broke without saying so.
 FRESH_FOR = 10.0
+#: Characters of a stage error the pod's annotation carries.
+MAX_ERROR = 512
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class Agent:
         self.status: dict[str, Any] | None = None
         self.window: WindowSpec | None = None
         self.reported: dict[str, str | None] = {}
+        # The first reason this pod could not stage a rollout's target: (cut, reason).
+        self.stage_error: tuple[str, str] | None = None
+        self.fetch_failure: str | None = None
         self.last_error: str | None = None
         self.metrics = AgentMetrics()
         self.traffic = Traffic(
@@ -288,8 +294,12 @@ class Agent:
             self.store.swap_current(active)
             log.info("Swapped current to the active cut %s", active)
         current = self.store.active_cut()
+        error = self.stage_error
+        unstaged = error is not None and error[0] == target and target not in local
         self._report(
-            staged=target if target in local else self.reported.get("staged"), active=current
+            staged=target if target in local else self.reported.get("staged"),
+            active=current,
+            error=f"{target}: {error[1]}" if error and unstaged else None,
         )
         if target is None:
             # Removing a version is some 500 unlinks: while a rollout stages or commits, they
@@ -315,7 +325,7 @@ class Agent:
         if not digest:
             # Without the digest recorded at verification a copy could not be checked.
             log.warning("Not fetching cut %s: its PrepCut has no manifest digest", cut)
-            return False
+            return self._not_fetched(cut, rollout, "its PrepCut has no manifest digest")
         began = time.monotonic()
         # While a new cut stages, the pod that received it is the one that has it: asked for
         # alone, it spares listing every pod (with every pod fetching at once, that grew with
@@ -344,6 +354,16 @@ class Agent:
                 continue
             self._fetched(cut, peer, counts, began)
             return True
+        if receiver is None and not peers:
+            return self._not_fetched(cut, rollout, "no other pod holds it")
+        return self._not_fetched(cut, rollout, f"no pod could send it; {self.fetch_failure}")
+
+    def _not_fetched(self, cut: str, rollout: dict[str, Any], reason: str) -> bool:
+        """Keep why a rollout's target could not be fetched, for the pod's report: the first
+        reason for that cut (the next attempt's may name another peer, and every change of the
+        annotation is a write and a step of the operator)."""
+        if rollout and not (self.stage_error and self.stage_error[0] == cut):
+            self.stage_error = (cut, reason)
         return False
 
     def _fetch_from(
@@ -365,6 +385,7 @@ class Agent:
             )
         except (PeerError, OSError) as exc:
             log.warning("Could not fetch cut %s from %s: %s", cut, peer, exc)
+            self.fetch_failure = f"from {peer}: {exc}"
             return None
 
     def _fetched(self, cut: str, peer: str, counts: dict[str, int], began: float) -> None:
@@ -476,12 +497,17 @@ class Agent:
             self.records.event(publication, reason="ContentRepaired", message=message)
             return
 
-    def _report(self, *, staged: str | None, active: str | None) -> None:
-        wanted = {STAGED_ANNOTATION: staged, ACTIVE_ANNOTATION: active}
-        if all(self.reported.get(k.rsplit("/", 1)[1]) == v for k, v in wanted.items()):
+    def _report(self, *, staged: str | None, active: str | None, error: str | None) -> None:
+        wanted = {
+            STAGED_ANNOTATION: staged,
+            ACTIVE_ANNOTATION: active,
+            STAGE_ERROR_ANNOTATION: error[:MAX_ERROR] if error else None,
+        }
+        reported = {k.rsplit("/", 1)[1]: v for k, v in wanted.items()}
+        if reported == self.reported:
             return
         self._annotate(wanted)
-        self.reported = {"staged": staged, "active": active}
+        self.reported = reported
 
     def _annotate(self, annotations: dict[str, str | None]) -> None:
         """Set (or, with None, remove) annotations of this pod."""

@@ -41,6 +41,7 @@ from difusor.render.labels import (
     ACTIVE_ANNOTATION,
     INSTANCE_LABEL,
     PUBLICATION_LABEL,
+    STAGE_ERROR_ANNOTATION,
     STAGED_ANNOTATION,
     selector_labels,
     selector_string,
@@ -477,7 +478,8 @@ class Promoter:
         self, namespace: str, publication: str, cut: Obj, views: tuple[PodView, ...], now: datetime
     ) -> None:
         """Note what this step sees of the pods' progress on the rollout's target: when each pod
-        was first seen to hold the cut and to serve it.
+        was first seen to hold the cut and to serve it, and the reason a pod gave for not
+        staging it.
 
         They are written with the next change of the cut's phase or of the rollout's (the
         commit carries every pod's stagedAt, the promotion every activeAt), not as each pod
@@ -491,8 +493,12 @@ class Promoter:
         for pod in views:
             report = {**(stored.get(pod.name) or {}), **(pending.get(pod.name) or {})}
             before = dict(report)
-            if (cut_id in pod.staged or pod.active == cut_id) and not report.get("stagedAt"):
+            staged = cut_id in pod.staged or pod.active == cut_id
+            if staged and not report.get("stagedAt"):
                 report["stagedAt"] = _stamp(now)
+            reason = pod.error_for(cut_id)
+            if reason and not staged and not report.get("error"):
+                report["error"] = reason
             if pod.active == cut_id and not report.get("activeAt"):
                 report["activeAt"] = _stamp(now)
             if report != before:
@@ -554,4 +560,5 @@ def _pod_view(pod: Obj) -> PodView:
         staged=frozenset(c for c in (notes.get(STAGED_ANNOTATION) or "").split(",") if c),
         active=notes.get(ACTIVE_ANNOTATION) or None,
         serving=meta.get("deletionTimestamp") is None and bool(_pod_ip(pod)),
+        error=notes.get(STAGE_ERROR_ANNOTATION) or None,
     )

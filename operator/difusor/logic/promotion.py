@@ -51,6 +51,15 @@ class PodView:
     """Cut the pod serves (annotation prep.difusor.io/active)."""
     serving: bool = True
     """The pod exists, is not being deleted and has an address: it takes part in promotions."""
+    error: str | None = None
+    """Why the pod could not stage a cut, "<cut>: <reason>" (annotation prep.difusor.io/stage-error)."""
+
+    def error_for(self, cut: str) -> str | None:
+        """The reason the pod gave for not staging `cut`, if it gave one."""
+        prefix = f"{cut}: "
+        if self.error and self.error.startswith(prefix):
+            return self.error[len(prefix) :]
+        return None
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,11 @@ def _staging(inputs: Inputs, decision: Decision, serving: list[PodView], now: da
     assert target is not None
     staged = [p for p in serving if target in p.staged or p.active == target]
     lagging = [p.name for p in serving if p not in staged]
+    reasons = "".join(
+        f"; {p.name}: {reason}"
+        for p in serving
+        if p not in staged and (reason := p.error_for(target))
+    )
     started = rollout.started_at or now
     if serving and not lagging:
         return _commit(decision, target, now, excluded=())
@@ -228,7 +242,7 @@ def _staging(inputs: Inputs, decision: Decision, serving: list[PodView], now: da
                 "StageTimeout",
                 f"pods {', '.join(sorted(lagging))} did not stage cut {target} within "
                 f"{int(inputs.stage_timeout.total_seconds())}s; committing on "
-                f"{len(staged)}/{len(serving)} pods",
+                f"{len(staged)}/{len(serving)} pods{reasons}",
             )
         )
         return _commit(decision, target, now, excluded=tuple(sorted(lagging)))
@@ -239,7 +253,7 @@ def _staging(inputs: Inputs, decision: Decision, serving: list[PodView], now: da
             "PromotionFailed",
             f"only {len(staged)}/{len(serving)} pods staged cut {target} within "
             f"{int(inputs.stage_timeout.total_seconds())}s (need {inputs.min_ready}); "
-            f"still serving {inputs.active}",
+            f"still serving {inputs.active}{reasons}",
         )
     )
     return decision

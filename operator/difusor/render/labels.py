@@ -14,6 +14,9 @@ PUBLICATION_LABEL = f"{GROUP}/publication"
 
 STAGED_ANNOTATION = f"{GROUP}/staged"
 ACTIVE_ANNOTATION = f"{GROUP}/active"
+#: Why a pod could not stage the rollout's target: "<cut>: <reason>" (the PrepCut's
+#: status.pods.<pod>.error, and the StageTimeout Event, carry the reason).
+STAGE_ERROR_ANNOTATION = f"{GROUP}/stage-error"
 #: What a pod's agent sees of an attack (JSON: minute, reasons, requests, ranges it blames).
 ATTACK_ANNOTATION = f"{GROUP}/attack"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
