@@ -72,7 +72,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     metrics = memo.get("metrics") or OperatorMetrics()
     memo.metrics = metrics
     memo.promoter = Promoter(cluster.api, metrics)
-    memo.monitor = Monitor(cluster.api, metrics)
+    memo.monitor = Monitor(cluster.api, metrics, pods=memo.promoter.pods.items)
     memo.reconciler = Reconciler(
         cluster,
         Settings(
