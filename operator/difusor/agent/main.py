@@ -504,7 +504,7 @@ class Agent:
             STAGE_ERROR_ANNOTATION: error[:MAX_ERROR] if error else None,
         }
         reported = {k.rsplit("/", 1)[1]: v for k, v in wanted.items()}
-        if reported == self.reported:
+        if all(self.reported.get(k) == v for k, v in reported.items()):
             return
         self._annotate(wanted)
         self.reported = reported
