@@ -783,8 +783,6 @@ class WindowStatus(Model):
 class PrepPublicationStatus(Model):
     """Observed state of one difusor site."""
 
-    model_config = ConfigDict(extra="allow")
-
     conditions: list[Condition] = Field(default_factory=list)
     """Ready, Progressing, Degraded."""
     active_cut: ActiveCut | None = None
