@@ -199,8 +199,8 @@ def test_versions_beyond_retention_are_removed_only_once_the_rollout_is_over(
     digest = _ingest(source, tmp_path, target, seed=2)
     agent = _agent(local, tmp_path / "token")
     agent.config = dataclasses.replace(agent.config, port=int(url.rsplit(":", 1)[1]))
-    reports: list[tuple[str | None, str | None]] = []
-    agent._report = lambda *, staged, active: reports.append((staged, active))  # type: ignore[method-assign]
+    reports: list[tuple[str | None, str | None, str | None]] = []
+    agent._report = lambda *, staged, active, error: reports.append((staged, active, error))  # type: ignore[method-assign]
     spec = PrepPublicationSpec.model_validate(
         {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}, "retention": {"cuts": 2}}
     )
@@ -213,9 +213,44 @@ def test_versions_beyond_retention_are_removed_only_once_the_rollout_is_over(
         # Three versions where two are kept: the third waits for the rollout's end.
         assert sorted(local.cuts()) == [older, active, target]
     assert local.active_cut() == target
-    assert reports[-1] == (target, target)
+    assert reports[-1] == (target, target, None)
     agent._promote(spec, {"activeCut": {"id": target}, "rollout": {"phase": "Idle"}})
     assert sorted(local.cuts()) == [active, target]
+
+
+def test_a_pod_that_cannot_fetch_the_target_reports_its_first_reason_until_the_rollout_ends(
+    peer: tuple[Store, str], tmp_path: Path
+) -> None:
+    source, url = peer
+    cut = "20240602_2040"
+    _ingest(source, tmp_path, cut, seed=1)
+    local = _store(tmp_path / "b")
+    agent = _agent(local, tmp_path / "token")
+    agent.config = dataclasses.replace(agent.config, port=int(url.rsplit(":", 1)[1]))
+    agent._peers_with = lambda cut, *, prefer: []  # type: ignore[method-assign]
+    reports: list[tuple[str | None, str | None, str | None]] = []
+    agent._report = lambda *, staged, active, error: reports.append((staged, active, error))  # type: ignore[method-assign]
+    spec = PrepPublicationSpec.model_validate(
+        {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}}
+    )
+    # The receiving pod has the cut with another digest than the one verified.
+    wrong = {
+        "phase": "Staging", "targetCut": cut, "manifestDigest": "sha256:" + "0" * 64,
+        "receivedBy": "p-web-a", "receivedByIP": "127.0.0.1",
+    }  # fmt: skip
+    agent._promote(spec, {"rollout": wrong})
+    staged, active, error = reports[-1]
+    assert (staged, active) == (None, None)
+    assert error is not None
+    assert error.startswith(f"{cut}: no pod could send it; from http://127.0.0.1:"), error
+    assert "expected sha256:000" in error, error
+    # The next attempt fails otherwise (nothing listens there): the first reason stays.
+    agent._promote(spec, {"rollout": {**wrong, "receivedByIP": "127.0.0.2"}})
+    assert reports[-1][2] == error
+    assert local.cuts() == []
+    # Once the rollout is over the pod reports no error.
+    agent._promote(spec, {"rollout": {"phase": "Idle"}})
+    assert reports[-1] == (None, None, None)
 
 
 def test_a_digest_other_than_the_recorded_one_is_refused_and_leaves_nothing(
