@@ -1,15 +1,21 @@
-"""The agent's copy of its publication: what the watch delivered, read again only when it may be old."""
+"""The agent's copy of its publication: what the watch delivered, read again only when it may be
+old; and its loops, which live through an API server they cannot reach."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import client as k8s
 
 from difusor.agent import main
 from difusor.agent.main import FRESH_FOR, Agent, AgentConfig
+from difusor.agent.stats import run_loop
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +66,46 @@ def test_the_watched_publication_is_used_until_it_may_be_old_then_read_again(
     # A failed watch forgets it: the next pass reads.
     agent.saw(None)
     assert agent.publication()["metadata"]["resourceVersion"] == "3"
+
+
+def _unreachable() -> k8s.ApiClient:
+    """An API client whose server is a loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configuration = k8s.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    return k8s.ApiClient(configuration)
+
+
+def test_a_pass_that_cannot_reach_the_api_server_is_logged_and_the_loop_goes_on(
+    agent: Agent,
+) -> None:
+    """urllib3 gives up on a refused connection with MaxRetryError, which is no OSError: it
+    used to end the agent, which came back without its publication and not Ready."""
+    agent.api = _unreachable()
+    main.step_once(agent, datetime.now(UTC))
+    assert agent.last_error is not None
+    assert "Max retries exceeded" in agent.last_error, agent.last_error
+
+
+def test_the_statistics_loop_lives_through_an_unreachable_api_server() -> None:
+    stopping = threading.Event()
+    passes: list[str] = []
+
+    class Shipper:
+        pod = "prep-web-0"
+
+        def step(self) -> int:
+            passes.append("step")
+            if len(passes) == 1:
+                raise urllib3.exceptions.MaxRetryError(None, "/api", "refused")  # type: ignore[arg-type]
+            stopping.set()
+            return 0
+
+        def pause(self) -> float:
+            return 0.0
+
+    run_loop(Shipper(), stopping=stopping)  # type: ignore[arg-type]
+    # The failed pass, the next one, and the last one at the stop.
+    assert passes == ["step", "step", "step"]

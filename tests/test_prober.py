@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from difusor.controller.monitor import Monitor
+from difusor.controller.monitor import Monitor, Watch
 from difusor.metrics import OperatorMetrics
 from difusor.models import ProbeSpec
 
@@ -89,3 +90,21 @@ def test_an_unreachable_path_is_a_failed_probe() -> None:
     )
     assert not result.ok
     assert "could not reach" in str(result.error)
+
+
+def test_a_pass_that_cannot_reach_the_api_server_is_logged_and_the_loop_goes_on() -> None:
+    """The daemon's pass raised MaxRetryError (no OSError) when the API server did not answer
+    at all, and kopf restarted the prober only after its backoff."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configuration = k8s.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    monitor = Monitor(k8s.ApiClient(configuration), OperatorMetrics())
+    publication = {
+        "metadata": {"namespace": "ns", "name": "prep"},
+        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
+        "status": {"activeCut": {"id": "20240602_2020"}},
+    }
+    interval = monitor.step(Watch(namespace="ns", name="prep"), publication)
+    assert interval == ProbeSpec().interval_seconds

@@ -617,6 +617,23 @@ def serve(agent: Agent) -> AgentServer:
     return server
 
 
+#: What a pass of the agent may meet and live through: the API server answering an error or not
+#: reachable at all (urllib3 gives up with MaxRetryError, no OSError), a peer, the disk.
+STEP_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, PeerError)
+
+
+def step_once(agent: Agent, now: datetime) -> None:
+    """One pass of the agent's loop. A failure is logged and kept for the next pass: an agent
+    that exited when the API server was unreachable for a moment came back without the
+    publication it had read, not Ready, on every pod at once while nginx still had the cut."""
+    try:
+        agent.step(now)
+        agent.last_error = None
+    except STEP_ERRORS as exc:
+        agent.last_error = str(exc)
+        log.warning("Agent step failed: %s", exc)
+
+
 def run(config: AgentConfig) -> int:
     """Recover the store, serve the endpoints, and loop until SIGTERM."""
     agent = Agent(config, api_client(config.kubeconfig))
@@ -657,12 +674,7 @@ def run(config: AgentConfig) -> int:
     stats.start()
     while not stopping.is_set():
         wake.clear()
-        try:
-            agent.step(datetime.now(UTC))
-            agent.last_error = None
-        except (k8s.ApiException, OSError, PeerError) as exc:
-            agent.last_error = str(exc)
-            log.warning("Agent step failed: %s", exc)
+        step_once(agent, datetime.now(UTC))
         # A change of the publication (a new target, a commit) wakes every agent at once, which
         # keeps the pods' swaps close together; an upload followed while it arrives wakes it at
         # its rename; the interval is the fallback (and starts following new uploads).

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import urllib3
 from kubernetes import client as k8s
 
 from difusor.kube import STRATEGIC_MERGE_PATCH, core_path, custom_path, read, request
@@ -419,12 +420,12 @@ def run_loop(shipper: StatsShipper, *, stopping: threading.Event) -> None:
     while True:
         try:
             shipper.step()
-        except (k8s.ApiException, OSError, ValueError) as exc:
+        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             log.warning("Statistics pass of pod %s failed: %s", shipper.pod, exc)
         if stopping.wait(shipper.pause()):
             break
     try:
         shipper.step()
         log.info("Shipped the last statistics of pod %s", shipper.pod)
-    except (k8s.ApiException, OSError, ValueError) as exc:
+    except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         log.warning("Last statistics pass of pod %s failed: %s", shipper.pod, exc)

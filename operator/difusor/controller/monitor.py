@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from pydantic import ValidationError
 
@@ -165,7 +166,8 @@ class Monitor:
             watch.attack = self._contain(publication, spec, pods, now, watch.attack)
             if probe.enabled:
                 self._probe_once(publication, spec, pods, watch, now)
-        except (k8s.ApiException, OSError) as exc:
+        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # urllib3.HTTPError: the API server not reachable at all (MaxRetryError).
             log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
         return float(probe.interval_seconds)
 
