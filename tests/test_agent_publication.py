@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from kubernetes import client as k8s
 from difusor.agent import main
 from difusor.agent.main import FRESH_FOR, Agent, AgentConfig
 from difusor.agent.stats import run_loop
+from difusor.ingest.store import Stored
+from difusor.models import PrepPublicationSpec
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +111,36 @@ def test_the_statistics_loop_lives_through_an_unreachable_api_server() -> None:
     run_loop(Shipper(), stopping=stopping)  # type: ignore[arg-type]
     # The failed pass, the next one, and the last one at the stop.
     assert passes == ["step", "step", "step"]
+
+
+def test_a_stored_cut_the_api_server_did_not_take_is_recorded_on_a_later_pass(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload has left incoming/ once stored: a record that failed is not lost, it goes
+    first on the next pass, with the time the upload was received."""
+    stored = Stored(
+        cut="20240602_2040", time=None, archive="20240602_2040_PREP.zip",
+        archive_sha256="a" * 64, manifest_digest="sha256:" + "b" * 64, files=3, bytes=10,
+    )  # fmt: skip
+    outcomes: list[list[Stored]] = [[stored], []]
+    monkeypatch.setattr(agent.intake, "run", lambda **_: iter(outcomes.pop(0)))
+    calls: list[tuple[str, str]] = []
+
+    def record(publication: Any, outcome: Stored, *, received_at: str) -> None:
+        calls.append((outcome.cut, received_at))
+        if len(calls) == 1:
+            raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent.records, "stored", record)
+    publication: dict[str, Any] = {
+        "metadata": {"name": "prep", "uid": "u"},
+        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
+    }
+    spec = PrepPublicationSpec.model_validate(publication["spec"])
+    received = datetime(2024, 6, 3, 2, 40, tzinfo=UTC)
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        agent._ingest(publication, spec, received)
+    assert agent.unrecorded == [(stored, "2024-06-03T02:40:00Z")]
+    agent._ingest(publication, spec, received + timedelta(minutes=1))
+    assert calls == [("20240602_2040", "2024-06-03T02:40:00Z")] * 2
+    assert agent.unrecorded == []

@@ -10,9 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 
+from difusor.agent.records import Records
 from difusor.controller.promotion import STEP_STAMPS, Promoter, _phase_patch
+from difusor.ingest.store import Stored
 from difusor.kube import core_path, custom_path, patch_status, read, request
 from difusor.models import cut_object_name, parse_time
 from difusor.render.labels import (
@@ -180,3 +183,42 @@ def test_a_cut_staged_again_keeps_its_first_times_in_order() -> None:
     once = _phase_patch({"status": {"phase": "Verified"}}, "Committed", next(times))
     assert once["stagingAt"] == once["stagedAt"] == once["committedAt"]
     assert "servingAt" not in once
+
+
+def test_a_cut_whose_record_did_not_reach_the_api_server_is_recorded_on_the_next_try(
+    api: Any, crds: str, kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's record of a stored cut is a create, then a status write. When the API server
+    is gone between the two, the retry finds the PrepCut without a phase and writes it Verified
+    with the time the upload was received; the same archive sent again stays a no-op."""
+    with serving_in_thread(Fake("webhook")) as hook:
+        _publication(kubeconfig, namespace, hook.url + "/purge")
+    publication = read(api, custom_path(namespace, "preppublications", PUB))
+    assert publication is not None
+    records = Records(api, namespace=namespace, pod=POD)
+    stored = Stored(
+        cut=CUT, time=None, archive=f"{CUT}_PREP.zip", archive_sha256="a" * 64,
+        manifest_digest=DIGEST, files=3, bytes=10,
+    )  # fmt: skip
+
+    def unreachable(*_: Any) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(records, "_status", unreachable)
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            records.stored(publication, stored, received_at="2024-06-03T02:40:00Z")
+    name = cut_object_name(PUB, CUT)
+    cut = read(api, custom_path(namespace, "prepcuts", name))
+    assert cut is not None
+    assert not (cut.get("status") or {}).get("phase")
+    records.stored(publication, stored, received_at="2024-06-03T02:40:00Z")
+    cut = read(api, custom_path(namespace, "prepcuts", name))
+    assert cut is not None
+    assert cut["status"]["phase"] == "Verified"
+    assert cut["status"]["receivedAt"] == "2024-06-03T02:40:00Z"
+    version = cut["metadata"]["resourceVersion"]
+    records.stored(publication, stored, received_at="2024-06-03T02:45:00Z")
+    again = read(api, custom_path(namespace, "prepcuts", name))
+    assert again is not None
+    assert again["metadata"]["resourceVersion"] == version

@@ -127,6 +127,8 @@ class Agent:
         self.reported: dict[str, str | None] = {}
         # The first reason this pod could not stage a rollout's target: (cut, reason).
         self.stage_error: tuple[str, str] | None = None
+        # Stored cuts not recorded yet, with the time each was received (see _record_stored).
+        self.unrecorded: list[tuple[Stored, str]] = []
         self.fetch_failure: str | None = None
         self.last_error: str | None = None
         self.metrics = AgentMetrics()
@@ -227,23 +229,16 @@ class Agent:
     ) -> None:
         refused = uploads_refused(spec.window, now)
         started = time.monotonic()
+        # Cuts stored on an earlier pass whose record the API server did not take yet.
+        self._record_stored(publication)
         for outcome in self.intake.run(
             ingest=spec.ingest, pinned=spec.pinned_cut, now=now, refused=refused
         ):
             self._measure(outcome, time.monotonic() - started)
             started = time.monotonic()
             if isinstance(outcome, Stored):
-                try:
-                    self.records.stored(
-                        publication, outcome, received_at=now.strftime("%Y-%m-%dT%H:%M:%SZ")
-                    )
-                except Conflict as exc:
-                    log.warning("Refused %s: %s", outcome.archive, exc)
-                    if outcome.cut != self.store.active_cut():
-                        remove(self.store.versions / outcome.cut)
-                    self.records.event(
-                        publication, reason="RejectedConflict", message=str(exc), warning=True
-                    )
+                self.unrecorded.append((outcome, now.strftime("%Y-%m-%dT%H:%M:%SZ")))
+                self._record_stored(publication)
                 continue
             assert isinstance(outcome, Quarantined)
             log.warning("Quarantined %s: %s %s", outcome.archive, outcome.reason, outcome.message)
@@ -256,6 +251,23 @@ class Agent:
             except ValueError:
                 cut_id = None
             self.records.rejected(publication, outcome, cut_id=cut_id)
+
+    def _record_stored(self, publication: dict[str, Any]) -> None:
+        """Record the stored cuts in the order they came. One the API server does not take
+        (refused, unreachable) stays first in line for the next pass: the upload has left
+        incoming/, and without its PrepCut the cut would never be promoted."""
+        while self.unrecorded:
+            outcome, received_at = self.unrecorded[0]
+            try:
+                self.records.stored(publication, outcome, received_at=received_at)
+            except Conflict as exc:
+                log.warning("Refused %s: %s", outcome.archive, exc)
+                if outcome.cut != self.store.active_cut():
+                    remove(self.store.versions / outcome.cut)
+                self.records.event(
+                    publication, reason="RejectedConflict", message=str(exc), warning=True
+                )
+            self.unrecorded.pop(0)
 
     def _measure(self, outcome: Stored | Quarantined, seconds: float) -> None:
         metrics = self.metrics

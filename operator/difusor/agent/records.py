@@ -97,7 +97,9 @@ class Records:
                     f"cut {stored.cut} was already received as {existing.get('spec', {}).get('archive')} "
                     f"with other content ({digest}); {stored.archive} is refused"
                 )
-            return
+            if (existing.get("status") or {}).get("phase"):
+                return
+            # Created on an earlier pass whose status write did not reach the API server.
         self._status(name, {"phase": "Verified", "receivedAt": received_at, "verifiedAt": _now()})
         log.info("Recorded cut %s of %s as Verified (%d files)", stored.cut, pub_name, stored.files)
 
