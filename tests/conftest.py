@@ -261,6 +261,17 @@ def operator(crds: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
         proc.stop()
 
 
+def unreachable_api() -> Any:
+    """A kubernetes ApiClient whose server is a loopback port nothing listens on."""
+    from kubernetes import client as k8s
+
+    from .nginxproc import free_port
+
+    configuration = k8s.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"
+    return k8s.ApiClient(configuration)
+
+
 def token_kubeconfig(kubeconfig: str, *, token: str, path: Path) -> str:
     """A kubeconfig for the same API server that authenticates with this bearer token only."""
     admin = yaml.safe_load(kubectl(kubeconfig, "config", "view", "--raw", "--minify", "--flatten"))

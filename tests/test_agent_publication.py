@@ -3,7 +3,6 @@ old; and its loops, which live through an API server they cannot reach."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,8 @@ from difusor.agent.main import FRESH_FOR, Agent, AgentConfig
 from difusor.agent.stats import run_loop
 from difusor.ingest.store import Stored
 from difusor.models import PrepPublicationSpec
+
+from .conftest import unreachable_api
 
 pytestmark = pytest.mark.unit
 
@@ -70,22 +71,12 @@ def test_the_watched_publication_is_used_until_it_may_be_old_then_read_again(
     assert agent.publication()["metadata"]["resourceVersion"] == "3"
 
 
-def _unreachable() -> k8s.ApiClient:
-    """An API client whose server is a loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    configuration = k8s.Configuration()
-    configuration.host = f"http://127.0.0.1:{port}"
-    return k8s.ApiClient(configuration)
-
-
 def test_a_pass_that_cannot_reach_the_api_server_is_logged_and_the_loop_goes_on(
     agent: Agent,
 ) -> None:
     """urllib3 gives up on a refused connection with MaxRetryError, which is no OSError: it
     used to end the agent, which came back without its publication and not Ready."""
-    agent.api = _unreachable()
+    agent.api = unreachable_api()
     main.step_once(agent, datetime.now(UTC))
     assert agent.last_error is not None
     assert "Max retries exceeded" in agent.last_error, agent.last_error

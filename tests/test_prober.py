@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
@@ -11,6 +10,8 @@ from kubernetes import client as k8s
 from difusor.controller.monitor import Monitor, Watch
 from difusor.metrics import OperatorMetrics
 from difusor.models import ProbeSpec
+
+from .conftest import unreachable_api
 
 pytestmark = pytest.mark.unit
 
@@ -95,12 +96,7 @@ def test_an_unreachable_path_is_a_failed_probe() -> None:
 def test_a_pass_that_cannot_reach_the_api_server_is_logged_and_the_loop_goes_on() -> None:
     """The daemon's pass raised MaxRetryError (no OSError) when the API server did not answer
     at all, and kopf restarted the prober only after its backoff."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    configuration = k8s.Configuration()
-    configuration.host = f"http://127.0.0.1:{port}"
-    monitor = Monitor(k8s.ApiClient(configuration), OperatorMetrics())
+    monitor = Monitor(unreachable_api(), OperatorMetrics())
     publication = {
         "metadata": {"namespace": "ns", "name": "prep"},
         "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
