@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.dynamic import DynamicClient
@@ -259,6 +260,11 @@ def request(
     result: Obj = json.loads(response.data)
     return result
 
+
+#: What a call to the API server raises when the server answers an error (ApiException) or
+#: cannot be reached at all: urllib3 gives up with MaxRetryError, a read times out, a
+#: connection is reset (urllib3's HTTPError, which is no OSError).
+API_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError)
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"

@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import urllib3
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from pydantic import ValidationError
@@ -37,6 +36,7 @@ from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake, watch_incoming
 from difusor.ingest.store import Quarantined, Store, Stored, remove
 from difusor.kube import (
+    API_ERRORS,
     STRATEGIC_MERGE_PATCH,
     api_client,
     core_path,
@@ -630,8 +630,8 @@ def serve(agent: Agent) -> AgentServer:
 
 
 #: What a pass of the agent may meet and live through: the API server answering an error or not
-#: reachable at all (urllib3 gives up with MaxRetryError, no OSError), a peer, the disk.
-STEP_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, PeerError)
+#: reachable at all, a peer, the disk.
+STEP_ERRORS = (*API_ERRORS, OSError, PeerError)
 
 
 def step_once(agent: Agent, now: datetime) -> None:
@@ -721,8 +721,7 @@ def watch_publication(agent: Agent, wake: threading.Event, stopping: threading.E
                 wake.set()
                 if stopping.is_set():
                     return
-        except (k8s.ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
-            # urllib3's errors (a read timeout, a connection reset) are not OSErrors.
+        except (*API_ERRORS, OSError, ValueError) as exc:
             log.debug("Publication watch ended: %s", exc)
             agent.saw(None)
             stopping.wait(1.0)

@@ -31,10 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import urllib3
 from kubernetes import client as k8s
 
-from difusor.kube import STRATEGIC_MERGE_PATCH, core_path, custom_path, read, request
+from difusor.kube import API_ERRORS, STRATEGIC_MERGE_PATCH, core_path, custom_path, read, request
 from difusor.logic.archive import parse_quantity
 from difusor.logic.stats import Compactor, HourStats, PageRules
 from difusor.models import GROUP, PrepPublicationSpec
@@ -420,12 +419,12 @@ def run_loop(shipper: StatsShipper, *, stopping: threading.Event) -> None:
     while True:
         try:
             shipper.step()
-        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (*API_ERRORS, OSError, ValueError) as exc:
             log.warning("Statistics pass of pod %s failed: %s", shipper.pod, exc)
         if stopping.wait(shipper.pause()):
             break
     try:
         shipper.step()
         log.info("Shipped the last statistics of pod %s", shipper.pod)
-    except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+    except (*API_ERRORS, OSError, ValueError) as exc:
         log.warning("Last statistics pass of pod %s failed: %s", shipper.pod, exc)

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import urllib3
 from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller.incidents import Incidents
-from difusor.kube import list_pods
+from difusor.kube import API_ERRORS, list_pods
 from difusor.logic.containment import contain
 from difusor.logic.incidents import Evidence, Streak, advance, classify, probe_verdict, tally
 from difusor.metrics import OperatorMetrics
@@ -166,8 +165,7 @@ class Monitor:
             watch.attack = self._contain(publication, spec, pods, now, watch.attack)
             if probe.enabled:
                 self._probe_once(publication, spec, pods, watch, now)
-        except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            # urllib3.HTTPError: the API server not reachable at all (MaxRetryError).
+        except (*API_ERRORS, OSError) as exc:
             log.warning("Prober of %s/%s failed a pass: %s", namespace, name, exc)
         return float(probe.interval_seconds)
 
