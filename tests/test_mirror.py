@@ -3,9 +3,16 @@ re-list drops what a watch restart did not report."""
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 from difusor.controller.mirror import Mirror, newer
+from difusor.controller.monitor import _ready
+from difusor.controller.promotion import _pod_publication, _pod_view, pod_essentials
+from difusor.models import PrepPublicationSpec
+from difusor.render.children import Target, render_all
+from difusor.render.labels import ACTIVE_ANNOTATION
 
 Obj = dict[str, Any]
 
@@ -163,3 +170,62 @@ def test_managed_fields_are_not_kept() -> None:
     assert "managedFields" not in only["metadata"]
     assert only["spec"] == {"id": "x"}
     assert given["metadata"]["managedFields"] == [{"manager": "agent"}]
+
+
+def _running_web_pod() -> Obj:
+    """A web pod as the API server sends it: the rendered StatefulSet's template, with the
+    statefulset controller's metadata, the kubelet's status and the agent's reports."""
+    spec = PrepPublicationSpec.model_validate(
+        {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "keys"}}
+    )
+    (workload,) = [
+        o for o in render_all(spec, Target(name="p", namespace="n", uid="u"))
+        if o["kind"] == "StatefulSet"
+    ]  # fmt: skip
+    template = copy.deepcopy(workload["spec"]["template"])
+    meta = template["metadata"]
+    meta.update(name="p-web-0", namespace="n", resourceVersion="7", uid="pod-uid")
+    meta["annotations"] = {**(meta.get("annotations") or {}), ACTIVE_ANNOTATION: "20240602_2000"}
+    meta["managedFields"] = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
+    containers = template["spec"]["containers"]
+    return {
+        "metadata": meta,
+        "spec": {**template["spec"], "nodeName": "node-1"},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.7",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": "2024-06-02T19:00:00Z"}},
+                }
+                for c in containers
+            ],
+        },
+    }
+
+
+def test_the_pods_mirror_keeps_what_a_step_and_the_prober_read_and_not_the_spec() -> None:
+    pod = _running_web_pod()
+    m = Mirror(Lister(), _pod_publication, slim=pod_essentials)
+    assert m.saw(pod)
+    (kept,) = m.items("n", "p")
+    # What the promotion step and the prober decide on is the same from the copy kept.
+    assert _pod_view(kept) == _pod_view(pod)
+    assert _ready(kept)
+    assert kept["metadata"]["annotations"] == pod["metadata"]["annotations"]
+    pod["metadata"]["deletionTimestamp"] = "2024-06-02T20:01:00Z"
+    pod["metadata"]["resourceVersion"] = "8"
+    assert m.saw(pod)
+    (going,) = m.items("n", "p")
+    assert not _ready(going)
+    assert not _pod_view(going).serving
+    # The spec, the containers' statuses and managedFields are not kept: most of the pod.
+    assert set(going) == {"metadata", "status"}
+    assert set(going["status"]) == {"phase", "podIP", "conditions"}
+    assert "managedFields" not in going["metadata"]
+    assert len(json.dumps(going)) * 3 < len(json.dumps(pod))

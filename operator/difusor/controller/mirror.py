@@ -36,7 +36,7 @@ def newer(candidate: str, held: str) -> bool:
     return (len(candidate), candidate) > (len(held), held)
 
 
-def _slim(obj: Obj) -> Obj:
+def without_managed_fields(obj: Obj) -> Obj:
     """The object without metadata.managedFields (a third of a PrepCut, read by no step)."""
     meta = obj.get("metadata") or {}
     if "managedFields" not in meta:
@@ -52,7 +52,8 @@ class Mirror:
     """Objects of one kind grouped by `group_of` (a publication's name) per namespace.
 
     `lister(namespace, group)` answers the API server's list (with its metadata.resourceVersion)
-    of one group; `saw` takes every watch event and every write's answer.
+    of one group; `saw` takes every watch event and every write's answer. `slim` makes the copy
+    kept of each (it must keep metadata.name and metadata.resourceVersion).
     """
 
     def __init__(
@@ -61,11 +62,13 @@ class Mirror:
         group_of: Callable[[Obj], str | None],
         *,
         refresh: float = REFRESH,
+        slim: Callable[[Obj], Obj] = without_managed_fields,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lister = lister
         self._group_of = group_of
         self._refresh = refresh
+        self._slim = slim
         self._clock = clock
         self._lock = threading.Lock()
         self._groups: dict[tuple[str, str], dict[str, Obj]] = {}
@@ -103,7 +106,7 @@ class Mirror:
             self._groups.get(group, {}).pop(name, None)
             self._gone.setdefault(group, {})[name] = version
             return True
-        self._groups.setdefault(group, {})[name] = _slim(obj)
+        self._groups.setdefault(group, {})[name] = self._slim(obj)
         self._gone.get(group, {}).pop(name, None)
         return True
 

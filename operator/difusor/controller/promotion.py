@@ -131,7 +131,7 @@ class Promoter:
         # PrepCuts and web pods as kopf's watches deliver them (handlers.cut_changed and
         # pod_reported feed these): a step reads no list, however many cuts the night has had.
         self.cuts = Mirror(self._list_cuts, _cut_publication)
-        self.pods = Mirror(self._list_pods, _pod_publication)
+        self.pods = Mirror(self._list_pods, _pod_publication, slim=pod_essentials)
         self._guard = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._again: set[tuple[str, str]] = set()
@@ -546,6 +546,22 @@ def _pod_publication(pod: Obj) -> str | None:
     if not publication or any(labels.get(k) != v for k, v in selector_labels(publication).items()):
         return None
     return str(publication)
+
+
+#: The fields of a pod's status that a step (_pod_view) and the prober (monitor._ready) read.
+POD_STATUS_READ = ("phase", "podIP", "conditions")
+
+
+def pod_essentials(pod: Obj) -> Obj:
+    """A web pod as the mirror keeps it: its metadata without managedFields, and the status
+    fields read. The spec and the containers' statuses were most of each pod the operator held
+    (three containers' images, mounts, environment and states), read by no step."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {k: v for k, v in meta.items() if k != "managedFields"},
+        "status": {k: status[k] for k in POD_STATUS_READ if k in status},
+    }
 
 
 def _pod_ip(pod: Obj) -> str:
