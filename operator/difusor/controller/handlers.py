@@ -25,6 +25,25 @@ log = logging.getLogger(__name__)
 PLURAL = "preppublications"
 INTERVAL = float(os.environ.get("DIFUSOR_RECONCILE_INTERVAL", "20"))
 PROMOTION_INTERVAL = float(os.environ.get("DIFUSOR_PROMOTION_INTERVAL", "3"))
+#: The labels of the pods and StatefulSets the operator follows: its own.
+WEB_POD_LABELS = {MANAGED_BY_LABEL: "difusor", COMPONENT_LABEL: "web"}
+WORKLOAD_LABELS = {MANAGED_BY_LABEL: "difusor"}
+
+
+def watch_selectors(settings: kopf.OperatorSettings) -> None:
+    """Have the API server send only difusor's pods and StatefulSets.
+
+    A handler's `labels` are checked by kopf on its side: without a selector on the watch itself
+    the operator received, decoded and kept for its per-object worker's idle seconds every pod
+    and StatefulSet of the cluster, however many the other teams run, and listed them all at
+    every start.
+    """
+    for (group, version, plural), labels in (
+        (("", "v1", "pods"), WEB_POD_LABELS),
+        (("apps", "v1", "statefulsets"), WORKLOAD_LABELS),
+    ):
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        settings.watching.label_selectors[group, version, plural] = selector
 
 
 class DiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -63,6 +82,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.execution.max_workers = 8
+    watch_selectors(settings)
     try:
         resolver = nginx_resolver(os.environ.get("DIFUSOR_NGINX_RESOLVER"))
     except ValueError as exc:
@@ -132,7 +152,7 @@ def repair(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _run(body, memo, permanent=False, repair=True)
 
 
-@kopf.on.event("apps", "v1", "statefulsets", labels={MANAGED_BY_LABEL: "difusor"})
+@kopf.on.event("apps", "v1", "statefulsets", labels=WORKLOAD_LABELS)
 def workload_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, namespace: str | None, **_: Any
 ) -> None:
@@ -174,7 +194,7 @@ def _deleted(event: kopf.RawEvent) -> bool:
     return event.get("type") == "DELETED"
 
 
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: "difusor", COMPONENT_LABEL: "web"})
+@kopf.on.event("", "v1", "pods", labels=WEB_POD_LABELS)
 def pod_reported(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
