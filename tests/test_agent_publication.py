@@ -3,6 +3,7 @@ old; and its loops, which live through an API server they cannot reach."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,10 +15,12 @@ from kubernetes import client as k8s
 
 from difusor.agent import main
 from difusor.agent.main import FRESH_FOR, Agent, AgentConfig
+from difusor.agent.records import UNRECORDED_FILE, save_unrecorded
 from difusor.agent.stats import run_loop
 from difusor.ingest.store import Stored
-from difusor.models import PrepPublicationSpec
+from difusor.models import IngestSpec, PrepPublicationSpec
 
+from .archives import make_zip, site_files
 from .conftest import unreachable_api
 
 pytestmark = pytest.mark.unit
@@ -40,7 +43,9 @@ def agent(tmp_path: Path) -> Agent:
         content_dir=tmp_path / "content", address="127.0.0.1", port=0, token_file=token,
         kubeconfig=None, interval=0.5,
     )  # fmt: skip
-    return Agent(config, k8s.ApiClient())
+    agent = Agent(config, k8s.ApiClient())
+    agent.recover()
+    return agent
 
 
 def test_the_watched_publication_is_used_until_it_may_be_old_then_read_again(
@@ -135,3 +140,73 @@ def test_a_stored_cut_the_api_server_did_not_take_is_recorded_on_a_later_pass(
     agent._ingest(publication, spec, received + timedelta(minutes=1))
     assert calls == [("20240602_2040", "2024-06-03T02:40:00Z")] * 2
     assert agent.unrecorded == []
+
+
+def test_a_cut_left_unrecorded_is_recorded_by_the_agent_that_starts_next(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent restarted while the API server is away: the cut it stored and could not record
+    is listed on the volume, and the agent that starts next records it first, with the time it
+    was received. A night without an outage writes no list."""
+    store = agent.store
+    listed = store.root / UNRECORDED_FILE
+    publication: dict[str, Any] = {
+        "metadata": {"name": "prep", "uid": "u"},
+        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
+    }
+    spec = PrepPublicationSpec.model_validate(publication["spec"])
+    received = datetime(2024, 6, 3, 2, 40, tzinfo=UTC)
+    recorded: list[tuple[str, str]] = []
+
+    def unreachable(publication: Any, outcome: Stored, *, received_at: str) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+
+    def record(publication: Any, outcome: Stored, *, received_at: str) -> None:
+        recorded.append((outcome.cut, received_at))
+
+    # A cut recorded at once leaves nothing on the volume.
+    make_zip(store.incoming / "20240602_2020_PREP.zip", site_files(cut="20240602_2020"))
+    monkeypatch.setattr(agent.records, "stored", record)
+    agent._ingest(publication, spec, received - timedelta(minutes=20))
+    assert recorded == [("20240602_2020", "2024-06-03T02:20:00Z")]
+    assert not listed.exists()
+    # The next one, stored while the API server is away, is listed; the agent then stops.
+    make_zip(store.incoming / "20240602_2040_PREP.zip", site_files(cut="20240602_2040"))
+    monkeypatch.setattr(agent.records, "stored", unreachable)
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        agent._ingest(publication, spec, received)
+    assert not list(store.incoming.iterdir())
+    assert (store.versions / "20240602_2040").is_dir()
+    assert listed.exists()
+
+    after = Agent(agent.config, k8s.ApiClient())
+    assert any("20240602_2040" in line for line in after.recover())
+    (unrecorded,) = after.unrecorded
+    assert unrecorded[0].cut == "20240602_2040"
+    assert unrecorded[1] == "2024-06-03T02:40:00Z"
+    monkeypatch.setattr(after.records, "stored", record)
+    after._ingest(publication, spec, received + timedelta(minutes=7))
+    assert recorded[1:] == [("20240602_2040", "2024-06-03T02:40:00Z")]
+    assert after.unrecorded == []
+    assert not listed.exists()
+
+
+def test_a_listed_cut_removed_since_and_an_unreadable_list_are_not_recorded(agent: Agent) -> None:
+    store = agent.store
+    outcome = store.process(
+        make_zip(store.incoming / "20240602_2040_PREP.zip", site_files(cut="20240602_2040")),
+        ingest=IngestSpec(),
+        now=datetime(2024, 6, 3, 2, 40, tzinfo=UTC),
+    )
+    assert isinstance(outcome, Stored)
+    gone = dataclasses.replace(outcome, cut="20240602_2020")
+    listed = store.root / UNRECORDED_FILE
+    save_unrecorded(store, [(gone, "2024-06-03T02:20:00Z"), (outcome, "2024-06-03T02:40:00Z")])
+    after = Agent(agent.config, k8s.ApiClient())
+    after.recover()
+    # The version of 20240602_2020 is not on the volume (pruned, or never complete).
+    assert after.unrecorded == [(outcome, "2024-06-03T02:40:00Z")]
+    listed.write_text("{not json")
+    again = Agent(agent.config, k8s.ApiClient())
+    again.recover()
+    assert again.unrecorded == []

@@ -30,7 +30,13 @@ from difusor.agent.peers import (
     repair_files,
     write_bundle,
 )
-from difusor.agent.records import Conflict, Records
+from difusor.agent.records import (
+    Conflict,
+    Records,
+    Unrecorded,
+    load_unrecorded,
+    save_unrecorded,
+)
 from difusor.agent.stats import StatsShipper, run_loop
 from difusor.agent.traffic import AttackReport, Traffic
 from difusor.ingest.scan import Intake, watch_incoming
@@ -127,8 +133,11 @@ class Agent:
         self.reported: dict[str, str | None] = {}
         # The first reason this pod could not stage a rollout's target: (cut, reason).
         self.stage_error: tuple[str, str] | None = None
-        # Stored cuts not recorded yet, with the time each was received (see _record_stored).
-        self.unrecorded: list[tuple[Stored, str]] = []
+        # Stored cuts not recorded yet, with the time each was received (see _record_stored;
+        # recover() takes those an earlier run left), and the list as the volume holds it
+        # (None: not written by this run yet).
+        self.unrecorded: Unrecorded = []
+        self.unrecorded_kept: Unrecorded | None = None
         self.fetch_failure: str | None = None
         self.last_error: str | None = None
         self.metrics = AgentMetrics()
@@ -140,6 +149,14 @@ class Agent:
         self.integrity = IntegrityCheck(self.store)
         self.damaged: tuple[str, dict[str, ManifestEntry]] | None = None
         self.seen: tuple[float, dict[str, Any]] | None = None
+
+    def recover(self) -> list[str]:
+        """Repair the content store after a crash, then take the cuts an earlier run stored
+        but could not record (those still in versions/), first in line; returns what it did."""
+        done = self.store.recover()
+        self.unrecorded = load_unrecorded(self.store) + self.unrecorded
+        done += [f"cut {s.cut} stored at {at} is to be recorded" for s, at in self.unrecorded]
+        return done
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
 
@@ -255,19 +272,27 @@ class Agent:
     def _record_stored(self, publication: dict[str, Any]) -> None:
         """Record the stored cuts in the order they came. One the API server does not take
         (refused, unreachable) stays first in line for the next pass: the upload has left
-        incoming/, and without its PrepCut the cut would never be promoted."""
-        while self.unrecorded:
-            outcome, received_at = self.unrecorded[0]
-            try:
-                self.records.stored(publication, outcome, received_at=received_at)
-            except Conflict as exc:
-                log.warning("Refused %s: %s", outcome.archive, exc)
-                if outcome.cut != self.store.active_cut():
-                    remove(self.store.versions / outcome.cut)
-                self.records.event(
-                    publication, reason="RejectedConflict", message=str(exc), warning=True
-                )
-            self.unrecorded.pop(0)
+        incoming/, and without its PrepCut the cut would never be promoted). The line is kept
+        on the volume while it is not empty, for an agent restarted before the API server is
+        back."""
+        try:
+            while self.unrecorded:
+                outcome, received_at = self.unrecorded[0]
+                try:
+                    self.records.stored(publication, outcome, received_at=received_at)
+                except Conflict as exc:
+                    log.warning("Refused %s: %s", outcome.archive, exc)
+                    if outcome.cut != self.store.active_cut():
+                        remove(self.store.versions / outcome.cut)
+                    self.records.event(
+                        publication, reason="RejectedConflict", message=str(exc), warning=True
+                    )
+                self.unrecorded.pop(0)
+        finally:
+            # Written only when it changed: a night without an outage writes nothing.
+            if self.unrecorded != self.unrecorded_kept:
+                save_unrecorded(self.store, self.unrecorded)
+                self.unrecorded_kept = list(self.unrecorded)
 
     def _measure(self, outcome: Stored | Quarantined, seconds: float) -> None:
         metrics = self.metrics
@@ -649,7 +674,7 @@ def step_once(agent: Agent, now: datetime) -> None:
 def run(config: AgentConfig) -> int:
     """Recover the store, serve the endpoints, and loop until SIGTERM."""
     agent = Agent(config, api_client(config.kubeconfig))
-    for line in agent.store.recover():
+    for line in agent.recover():
         log.info("Recovered the content store: %s", line)
     server = serve(agent)
     stopping = threading.Event()

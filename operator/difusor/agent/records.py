@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client as k8s
 
-from difusor.ingest.store import Quarantined, Stored
+from difusor.ingest.store import Quarantined, Store, Stored, write_json
 from difusor.kube import custom_path, patch_status, publication_event, read, request
 from difusor.models import API_VERSION, cut_object_name
 from difusor.render.labels import PUBLICATION_LABEL, common_labels, owner_reference
@@ -17,6 +19,40 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 PLURAL = "prepcuts"
+
+
+#: Stored cuts whose record the API server has not taken yet, with the time each was received,
+#: on the content volume beside versions/: an agent restarted while the API server is still away
+#: records them once it is back (the upload has left incoming/, and without its PrepCut the cut
+#: would never be promoted).
+UNRECORDED_FILE = ".unrecorded.json"
+
+Unrecorded = list[tuple[Stored, str]]
+
+
+def load_unrecorded(store: Store) -> Unrecorded:
+    """The cuts left unrecorded by an earlier run, those still in versions/ (one removed since
+    needs no record); an unreadable file is logged and counts as none."""
+    path = store.root / UNRECORDED_FILE
+    try:
+        document = json.loads(path.read_text())
+        entries = [(Stored(**e["stored"]), str(e["receivedAt"])) for e in document["cuts"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("Ignoring %s, which cannot be read: %s", path, exc)
+        return []
+    return [(stored, at) for stored, at in entries if (store.versions / stored.cut).is_dir()]
+
+
+def save_unrecorded(store: Store, entries: Unrecorded) -> None:
+    """Keep the list whole on the volume; an empty list removes the file."""
+    path = store.root / UNRECORDED_FILE
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    cuts = [{"stored": dataclasses.asdict(s), "receivedAt": at} for s, at in entries]
+    write_json(path, {"cuts": cuts})
 
 
 class Conflict(Exception):
