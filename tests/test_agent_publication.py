@@ -17,7 +17,7 @@ from difusor.agent import main
 from difusor.agent.main import FRESH_FOR, Agent, AgentConfig
 from difusor.agent.records import UNRECORDED_FILE, save_unrecorded
 from difusor.agent.stats import run_loop
-from difusor.ingest.store import Stored
+from difusor.ingest.store import Quarantined, Stored
 from difusor.models import IngestSpec, PrepPublicationSpec
 
 from .archives import make_zip, site_files
@@ -210,3 +210,45 @@ def test_a_listed_cut_removed_since_and_an_unreadable_list_are_not_recorded(agen
     again = Agent(agent.config, k8s.ApiClient())
     again.recover()
     assert again.unrecorded == []
+
+
+def test_a_rejection_the_api_server_did_not_take_is_recorded_by_the_next_agent(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad upload is quarantined whether or not the API server answers; its record (the
+    night's account of rejected uploads) waits in the same line as the stored cuts."""
+    store = agent.store
+    publication: dict[str, Any] = {
+        "metadata": {"name": "prep", "uid": "u"},
+        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
+    }
+    spec = PrepPublicationSpec.model_validate(publication["spec"])
+    (store.incoming / "20240602_2040_PREP.zip").write_bytes(b"not a zip at all")
+
+    def unreachable(*_: Any, **__: Any) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent.records, "rejected", unreachable)
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        agent._ingest(publication, spec, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
+    assert [p.name for p in store.quarantine_dir.iterdir() if p.suffix == ".zip"] == [
+        "20240602_2040_PREP.zip"
+    ]
+    after = Agent(agent.config, k8s.ApiClient())
+    after.recover()
+    recorded: list[tuple[str, str | None, str, str]] = []
+
+    def record(_: Any, outcome: Quarantined, *, cut_id: str | None, received_at: str) -> None:
+        recorded.append((outcome.archive, cut_id, str(outcome.reason), received_at))
+
+    monkeypatch.setattr(after.records, "rejected", record)
+    after._ingest(publication, spec, datetime(2024, 6, 3, 2, 47, tzinfo=UTC))
+    ((archive, cut_id, reason, received_at),) = recorded
+    assert (archive, cut_id, received_at) == (
+        "20240602_2040_PREP.zip",
+        "20240602_2040",
+        "2024-06-03T02:40:00Z",
+    )
+    assert reason == "CorruptArchive"
+    assert after.unrecorded == []
+    assert not (store.root / UNRECORDED_FILE).exists()

@@ -7,6 +7,7 @@ Promoter as kopf's handlers do, so it sees what one call does and which watch ev
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,9 @@ import yaml
 
 from difusor.agent.records import Records
 from difusor.controller.promotion import STEP_STAMPS, Promoter, _phase_patch
-from difusor.ingest.store import Stored
+from difusor.ingest.store import Quarantined, Stored
 from difusor.kube import core_path, custom_path, patch_status, read, request
+from difusor.logic.archive import Reason
 from difusor.models import cut_object_name, parse_time
 from difusor.render.labels import (
     ACTIVE_ANNOTATION,
@@ -222,3 +224,45 @@ def test_a_cut_whose_record_did_not_reach_the_api_server_is_recorded_on_the_next
     again = read(api, custom_path(namespace, "prepcuts", name))
     assert again is not None
     assert again["metadata"]["resourceVersion"] == version
+
+
+def test_a_rejection_whose_record_did_not_reach_the_api_server_is_finished_on_the_next_try(
+    api: Any, crds: str, kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected upload is recorded as a create, a status write and an Event. When the API
+    server is gone after the create, the retry finishes that PrepCut (Rejected, with the time
+    the upload was received) instead of naming a second one apart; the same bad archive sent
+    again once it is recorded gets a record of its own, as before."""
+    with serving_in_thread(Fake("webhook")) as hook:
+        _publication(kubeconfig, namespace, hook.url + "/purge")
+    publication = read(api, custom_path(namespace, "preppublications", PUB))
+    assert publication is not None
+    records = Records(api, namespace=namespace, pod=POD)
+    bad = Quarantined(
+        archive=f"{CUT}_PREP.zip", reason=Reason.PATH_TRAVERSAL, message="../etc/passwd",
+        sha256="c" * 64, path=Path("/quarantine") / f"{CUT}_PREP.zip",
+    )  # fmt: skip
+
+    def unreachable(*_: Any) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(records, "_status", unreachable)
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            records.rejected(publication, bad, cut_id=CUT, received_at="2024-06-03T02:40:00Z")
+    records.rejected(publication, bad, cut_id=CUT, received_at="2024-06-03T02:40:00Z")
+    listed = request(
+        api, "GET", custom_path(namespace, "prepcuts"),
+        query=[("labelSelector", f"{PUBLICATION_LABEL}={PUB}")],
+    )["items"]  # fmt: skip
+    assert [c["metadata"]["name"] for c in listed] == [cut_object_name(PUB, CUT)]
+    (cut,) = listed
+    assert cut["status"]["phase"] == "Rejected"
+    assert cut["status"]["reason"] == "PathTraversal"
+    assert cut["status"]["receivedAt"] == "2024-06-03T02:40:00Z"
+    records.rejected(publication, bad, cut_id=CUT, received_at="2024-06-03T02:50:00Z")
+    apart = read(
+        api, custom_path(namespace, "prepcuts", cut_object_name(PUB, f"{CUT}-rejected-cccccccc"))
+    )
+    assert apart is not None
+    assert apart["status"]["receivedAt"] == "2024-06-03T02:50:00Z"

@@ -133,9 +133,9 @@ class Agent:
         self.reported: dict[str, str | None] = {}
         # The first reason this pod could not stage a rollout's target: (cut, reason).
         self.stage_error: tuple[str, str] | None = None
-        # Stored cuts not recorded yet, with the time each was received (see _record_stored;
-        # recover() takes those an earlier run left), and the list as the volume holds it
-        # (None: not written by this run yet).
+        # Uploads stored or rejected and not recorded yet, with the time each was received
+        # (see _record_waiting; recover() takes those an earlier run left), and the list as the
+        # volume holds it (None: not written by this run yet).
         self.unrecorded: Unrecorded = []
         self.unrecorded_kept: Unrecorded | None = None
         self.fetch_failure: str | None = None
@@ -151,11 +151,11 @@ class Agent:
         self.seen: tuple[float, dict[str, Any]] | None = None
 
     def recover(self) -> list[str]:
-        """Repair the content store after a crash, then take the cuts an earlier run stored
-        but could not record (those still in versions/), first in line; returns what it did."""
+        """Repair the content store after a crash, then take the uploads an earlier run could
+        not record, first in line; returns what it did."""
         done = self.store.recover()
         self.unrecorded = load_unrecorded(self.store) + self.unrecorded
-        done += [f"cut {s.cut} stored at {at} is to be recorded" for s, at in self.unrecorded]
+        done += [f"{o.archive} received at {at} is to be recorded" for o, at in self.unrecorded]
         return done
 
     # --- what the HTTP endpoints ask -------------------------------------------------------
@@ -246,46 +246,37 @@ class Agent:
     ) -> None:
         refused = uploads_refused(spec.window, now)
         started = time.monotonic()
-        # Cuts stored on an earlier pass whose record the API server did not take yet.
-        self._record_stored(publication)
+        # Uploads handled on an earlier pass whose record the API server did not take yet.
+        self._record_waiting(publication, spec)
         for outcome in self.intake.run(
             ingest=spec.ingest, pinned=spec.pinned_cut, now=now, refused=refused
         ):
             self._measure(outcome, time.monotonic() - started)
             started = time.monotonic()
-            if isinstance(outcome, Stored):
-                self.unrecorded.append((outcome, now.strftime("%Y-%m-%dT%H:%M:%SZ")))
-                self._record_stored(publication)
-                continue
-            assert isinstance(outcome, Quarantined)
-            log.warning("Quarantined %s: %s %s", outcome.archive, outcome.reason, outcome.message)
-            try:
-                cut_id: str | None = parse_cut(
-                    outcome.archive,
-                    pattern=spec.ingest.cut_id_pattern,
-                    timezone=spec.ingest.timezone,
-                ).id
-            except ValueError:
-                cut_id = None
-            self.records.rejected(publication, outcome, cut_id=cut_id)
+            if isinstance(outcome, Quarantined):
+                log.warning(
+                    "Quarantined %s: %s %s", outcome.archive, outcome.reason, outcome.message
+                )
+            self.unrecorded.append((outcome, now.strftime("%Y-%m-%dT%H:%M:%SZ")))
+            self._record_waiting(publication, spec)
 
-    def _record_stored(self, publication: dict[str, Any]) -> None:
-        """Record the stored cuts in the order they came. One the API server does not take
-        (refused, unreachable) stays first in line for the next pass: the upload has left
-        incoming/, and without its PrepCut the cut would never be promoted). The line is kept
-        on the volume while it is not empty, for an agent restarted before the API server is
-        back."""
+    def _record_waiting(self, publication: dict[str, Any], spec: PrepPublicationSpec) -> None:
+        """Record the uploads stored or rejected, in the order they came. One the API server
+        does not take (refused, unreachable) stays first in line for the next pass: the upload
+        has left incoming/, and without its PrepCut a stored cut would never be promoted. The
+        line is kept on the volume while it is not empty, for an agent restarted before the API
+        server is back."""
         try:
             while self.unrecorded:
                 outcome, received_at = self.unrecorded[0]
-                try:
-                    self.records.stored(publication, outcome, received_at=received_at)
-                except Conflict as exc:
-                    log.warning("Refused %s: %s", outcome.archive, exc)
-                    if outcome.cut != self.store.active_cut():
-                        remove(self.store.versions / outcome.cut)
-                    self.records.event(
-                        publication, reason="RejectedConflict", message=str(exc), warning=True
+                if isinstance(outcome, Stored):
+                    self._record_stored(publication, outcome, received_at)
+                else:
+                    self.records.rejected(
+                        publication,
+                        outcome,
+                        cut_id=_cut_id(outcome.archive, spec),
+                        received_at=received_at,
                     )
                 self.unrecorded.pop(0)
         finally:
@@ -293,6 +284,17 @@ class Agent:
             if self.unrecorded != self.unrecorded_kept:
                 save_unrecorded(self.store, self.unrecorded)
                 self.unrecorded_kept = list(self.unrecorded)
+
+    def _record_stored(self, publication: dict[str, Any], stored: Stored, received_at: str) -> None:
+        try:
+            self.records.stored(publication, stored, received_at=received_at)
+        except Conflict as exc:
+            log.warning("Refused %s: %s", stored.archive, exc)
+            if stored.cut != self.store.active_cut():
+                remove(self.store.versions / stored.cut)
+            self.records.event(
+                publication, reason="RejectedConflict", message=str(exc), warning=True
+            )
 
     def _measure(self, outcome: Stored | Quarantined, seconds: float) -> None:
         metrics = self.metrics
@@ -555,6 +557,16 @@ class Agent:
             body={"metadata": {"annotations": annotations}},
             content_type=STRATEGIC_MERGE_PATCH,
         )
+
+
+def _cut_id(archive: str, spec: PrepPublicationSpec) -> str | None:
+    """The cut id of an archive's name, None when its name has none."""
+    try:
+        return parse_cut(
+            archive, pattern=spec.ingest.cut_id_pattern, timezone=spec.ingest.timezone
+        ).id
+    except ValueError:
+        return None
 
 
 def _attack_key(report: AttackReport | None) -> tuple[object, ...] | None:

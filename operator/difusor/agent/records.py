@@ -6,12 +6,14 @@ import dataclasses
 import json
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
 
 from difusor.ingest.store import Quarantined, Store, Stored, write_json
 from difusor.kube import custom_path, patch_status, publication_event, read, request
+from difusor.logic.archive import Reason
 from difusor.models import API_VERSION, cut_object_name
 from difusor.render.labels import PUBLICATION_LABEL, common_labels, owner_reference
 
@@ -21,28 +23,49 @@ Obj = dict[str, Any]
 PLURAL = "prepcuts"
 
 
-#: Stored cuts whose record the API server has not taken yet, with the time each was received,
-#: on the content volume beside versions/: an agent restarted while the API server is still away
-#: records them once it is back (the upload has left incoming/, and without its PrepCut the cut
-#: would never be promoted).
+#: Uploads stored or rejected whose record the API server has not taken yet, with the time each
+#: was received, on the content volume beside versions/: an agent restarted while the API server
+#: is still away records them once it is back (the upload has left incoming/; without its PrepCut
+#: a stored cut would never be promoted, and a rejected one would be missing from the night's
+#: account).
 UNRECORDED_FILE = ".unrecorded.json"
 
-Unrecorded = list[tuple[Stored, str]]
+Unrecorded = list[tuple[Stored | Quarantined, str]]
+
+
+def _entry(outcome: Stored | Quarantined, received_at: str) -> Obj:
+    if isinstance(outcome, Stored):
+        return {"stored": dataclasses.asdict(outcome), "receivedAt": received_at}
+    rejected = {**dataclasses.asdict(outcome), "reason": str(outcome.reason)}
+    return {"rejected": {**rejected, "path": str(outcome.path)}, "receivedAt": received_at}
+
+
+def _outcome(entry: Obj) -> Stored | Quarantined:
+    if "stored" in entry:
+        return Stored(**entry["stored"])
+    rejected = entry["rejected"]
+    return Quarantined(
+        **{**rejected, "reason": Reason(rejected["reason"]), "path": Path(rejected["path"])}
+    )
 
 
 def load_unrecorded(store: Store) -> Unrecorded:
-    """The cuts left unrecorded by an earlier run, those still in versions/ (one removed since
-    needs no record); an unreadable file is logged and counts as none."""
+    """The uploads left unrecorded by an earlier run; a stored cut no longer in versions/ (removed
+    since) needs no record. An unreadable file is logged and counts as none."""
     path = store.root / UNRECORDED_FILE
     try:
         document = json.loads(path.read_text())
-        entries = [(Stored(**e["stored"]), str(e["receivedAt"])) for e in document["cuts"]]
+        entries = [(_outcome(e), str(e["receivedAt"])) for e in document["uploads"]]
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("Ignoring %s, which cannot be read: %s", path, exc)
         return []
-    return [(stored, at) for stored, at in entries if (store.versions / stored.cut).is_dir()]
+    return [
+        (outcome, at)
+        for outcome, at in entries
+        if not isinstance(outcome, Stored) or (store.versions / outcome.cut).is_dir()
+    ]
 
 
 def save_unrecorded(store: Store, entries: Unrecorded) -> None:
@@ -51,12 +74,18 @@ def save_unrecorded(store: Store, entries: Unrecorded) -> None:
     if not entries:
         path.unlink(missing_ok=True)
         return
-    cuts = [{"stored": dataclasses.asdict(s), "receivedAt": at} for s, at in entries]
-    write_json(path, {"cuts": cuts})
+    write_json(path, {"uploads": [_entry(outcome, at) for outcome, at in entries]})
 
 
 class Conflict(Exception):
     """A different archive was already recorded under this cut id."""
+
+
+def _unfinished(record: Obj | None, quarantined: Quarantined) -> bool:
+    """A PrepCut of this very archive created by an earlier try whose status write failed."""
+    if record is None or (record.get("status") or {}).get("phase"):
+        return False
+    return bool((record.get("spec") or {}).get("archiveSha256") == quarantined.sha256)
 
 
 def _now() -> str:
@@ -139,15 +168,25 @@ class Records:
         self._status(name, {"phase": "Verified", "receivedAt": received_at, "verifiedAt": _now()})
         log.info("Recorded cut %s of %s as Verified (%d files)", stored.cut, pub_name, stored.files)
 
-    def rejected(self, publication: Obj, quarantined: Quarantined, *, cut_id: str | None) -> None:
-        """Record a rejected upload as a PrepCut in phase Rejected and a Warning Event."""
+    def rejected(
+        self,
+        publication: Obj,
+        quarantined: Quarantined,
+        *,
+        cut_id: str | None,
+        received_at: str,
+    ) -> None:
+        """Record a rejected upload as a PrepCut in phase Rejected and a Warning Event. A retry
+        after a try the API server took only part of finishes that record, not another one."""
         pub_name = publication["metadata"]["name"]
         ident = cut_id or f"rejected-{quarantined.sha256[:12]}"
+        if cut_id:
+            held = self.get(pub_name, cut_id)
+            if held is not None and not _unfinished(held, quarantined):
+                # Another archive (or this one, recorded before) holds this cut id: keep its
+                # record, name this one apart.
+                ident = f"{cut_id}-rejected-{quarantined.sha256[:8]}"
         name = cut_object_name(pub_name, ident)
-        if cut_id and self.get(pub_name, cut_id) is not None:
-            # A good archive already holds this cut id: keep its record, name this one apart.
-            ident = f"{cut_id}-rejected-{quarantined.sha256[:8]}"
-            name = cut_object_name(pub_name, ident)
         spec = {
             "publication": pub_name,
             "id": ident,
@@ -155,14 +194,15 @@ class Records:
             "archiveSha256": quarantined.sha256,
             "receivedBy": self.pod,
         }
-        if self._create(self._cut(publication, name, spec)) is not None:
+        created = self._create(self._cut(publication, name, spec))
+        if created is not None or _unfinished(self.get(pub_name, ident), quarantined):
             self._status(
                 name,
                 {
                     "phase": "Rejected",
                     "reason": str(quarantined.reason),
                     "message": quarantined.message,
-                    "receivedAt": _now(),
+                    "receivedAt": received_at,
                 },
             )
         self.event(
