@@ -252,3 +252,42 @@ def test_a_rejection_the_api_server_did_not_take_is_recorded_by_the_next_agent(
     assert reason == "CorruptArchive"
     assert after.unrecorded == []
     assert not (store.root / UNRECORDED_FILE).exists()
+
+
+@pytest.mark.parametrize(("status", "kept"), [(422, False), (403, False), (503, True), (429, True)])
+def test_a_record_the_api_server_refuses_does_not_hold_the_line(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch, status: int, kept: bool
+) -> None:
+    """A record refused as it is (a 4xx but 408 and 429) would fail on every retry: kept first
+    in line it would hold every later cut's record, and their promotions, for good. It is
+    logged and dropped; an overloaded or failing API server (429, 5xx) keeps it first."""
+    first, second = (
+        Stored(
+            cut=cut, time=None, archive=f"{cut}_PREP.zip", archive_sha256="a" * 64,
+            manifest_digest="sha256:" + "b" * 64, files=3, bytes=10,
+        )
+        for cut in ("20240602_2040", "20240602_2100")
+    )  # fmt: skip
+    recorded: list[str] = []
+
+    def record(_: Any, outcome: Stored, *, received_at: str) -> None:
+        if outcome is first:
+            raise k8s.ApiException(status=status, reason="answered")
+        recorded.append(outcome.cut)
+
+    monkeypatch.setattr(agent.records, "stored", record)
+    monkeypatch.setattr(agent.intake, "run", lambda **_: iter([first, second]))
+    publication: dict[str, Any] = {
+        "metadata": {"name": "prep", "uid": "u"},
+        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
+    }
+    spec = PrepPublicationSpec.model_validate(publication["spec"])
+    if kept:
+        with pytest.raises(k8s.ApiException):
+            agent._ingest(publication, spec, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
+        assert [o.cut for o, _ in agent.unrecorded] == ["20240602_2040"]
+        assert recorded == []
+    else:
+        agent._ingest(publication, spec, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
+        assert agent.unrecorded == []
+        assert recorded == ["20240602_2100"]

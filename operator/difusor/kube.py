@@ -266,6 +266,17 @@ def request(
 #: connection is reset (urllib3's HTTPError, which is no OSError).
 API_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError)
 
+
+def refused(exc: BaseException) -> bool:
+    """Whether the API server answered that it will not take this request (a 4xx other than
+    408 and 429): trying it again as it is cannot succeed. Unreachable, overloaded or failing
+    (5xx) is not a refusal."""
+    if not isinstance(exc, k8s.ApiException):
+        return False
+    status = exc.status or 0
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 

@@ -49,6 +49,7 @@ from difusor.kube import (
     custom_path,
     list_pods,
     read,
+    refused,
     request,
 )
 from difusor.logic.archive import ManifestEntry
@@ -269,14 +270,23 @@ class Agent:
         try:
             while self.unrecorded:
                 outcome, received_at = self.unrecorded[0]
-                if isinstance(outcome, Stored):
-                    self._record_stored(publication, outcome, received_at)
-                else:
-                    self.records.rejected(
-                        publication,
-                        outcome,
-                        cut_id=_cut_id(outcome.archive, spec),
-                        received_at=received_at,
+                try:
+                    if isinstance(outcome, Stored):
+                        self._record_stored(publication, outcome, received_at)
+                    else:
+                        self.records.rejected(
+                            publication,
+                            outcome,
+                            cut_id=_cut_id(outcome.archive, spec),
+                            received_at=received_at,
+                        )
+                except k8s.ApiException as exc:
+                    if not refused(exc):
+                        raise
+                    # Kept first, a record the API server refuses would hold every later one
+                    # (and their cuts' promotions) for good.
+                    log.error(
+                        "Not recording %s, which the API server refuses: %s", outcome.archive, exc
                     )
                 self.unrecorded.pop(0)
         finally:
