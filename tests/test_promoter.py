@@ -6,6 +6,8 @@ Promoter as kopf's handlers do, so it sees what one call does and which watch ev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -187,21 +189,18 @@ def test_a_cut_staged_again_keeps_its_first_times_in_order() -> None:
     assert "servingAt" not in once
 
 
-def test_a_cut_whose_record_did_not_reach_the_api_server_is_recorded_on_the_next_try(
-    api: Any, crds: str, kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The agent's record of a stored cut is a create, then a status write. When the API server
-    is gone between the two, the retry finds the PrepCut without a phase and writes it Verified
-    with the time the upload was received; the same archive sent again stays a no-op."""
+def _recording_pod(api: Any, kubeconfig: str, namespace: str) -> tuple[dict[str, Any], Records]:
+    """The publication (its purge sent to a webhook) and the records its pod POD writes."""
     with serving_in_thread(Fake("webhook")) as hook:
         _publication(kubeconfig, namespace, hook.url + "/purge")
     publication = read(api, custom_path(namespace, "preppublications", PUB))
     assert publication is not None
-    records = Records(api, namespace=namespace, pod=POD)
-    stored = Stored(
-        cut=CUT, time=None, archive=f"{CUT}_PREP.zip", archive_sha256="a" * 64,
-        manifest_digest=DIGEST, files=3, bytes=10,
-    )  # fmt: skip
+    return publication, Records(api, namespace=namespace, pod=POD)
+
+
+@contextmanager
+def _status_unreachable(records: Records, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The API server gone between a record's create and its status write (urllib3 gives up)."""
 
     def unreachable(*_: Any) -> None:
         raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
@@ -209,7 +208,23 @@ def test_a_cut_whose_record_did_not_reach_the_api_server_is_recorded_on_the_next
     with monkeypatch.context() as patched:
         patched.setattr(records, "_status", unreachable)
         with pytest.raises(urllib3.exceptions.MaxRetryError):
-            records.stored(publication, stored, received_at="2024-06-03T02:40:00Z")
+            yield
+
+
+def test_a_cut_whose_record_did_not_reach_the_api_server_is_recorded_on_the_next_try(
+    api: Any, crds: str, kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's record of a stored cut is a create, then a status write. When the API server
+    is gone between the two, the retry finds the PrepCut without a phase and writes it Verified
+    with the time the upload was received; the same archive sent again stays a no-op."""
+    publication, records = _recording_pod(api, kubeconfig, namespace)
+    stored = Stored(
+        cut=CUT, time=None, archive=f"{CUT}_PREP.zip", archive_sha256="a" * 64,
+        manifest_digest=DIGEST, files=3, bytes=10,
+    )  # fmt: skip
+
+    with _status_unreachable(records, monkeypatch):
+        records.stored(publication, stored, received_at="2024-06-03T02:40:00Z")
     name = cut_object_name(PUB, CUT)
     cut = read(api, custom_path(namespace, "prepcuts", name))
     assert cut is not None
@@ -233,23 +248,14 @@ def test_a_rejection_whose_record_did_not_reach_the_api_server_is_finished_on_th
     server is gone after the create, the retry finishes that PrepCut (Rejected, with the time
     the upload was received) instead of naming a second one apart; the same bad archive sent
     again once it is recorded gets a record of its own, as before."""
-    with serving_in_thread(Fake("webhook")) as hook:
-        _publication(kubeconfig, namespace, hook.url + "/purge")
-    publication = read(api, custom_path(namespace, "preppublications", PUB))
-    assert publication is not None
-    records = Records(api, namespace=namespace, pod=POD)
+    publication, records = _recording_pod(api, kubeconfig, namespace)
     bad = Quarantined(
         archive=f"{CUT}_PREP.zip", reason=Reason.PATH_TRAVERSAL, message="../etc/passwd",
         sha256="c" * 64, path=Path("/quarantine") / f"{CUT}_PREP.zip",
     )  # fmt: skip
 
-    def unreachable(*_: Any) -> None:
-        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
-
-    with monkeypatch.context() as patched:
-        patched.setattr(records, "_status", unreachable)
-        with pytest.raises(urllib3.exceptions.MaxRetryError):
-            records.rejected(publication, bad, cut_id=CUT, received_at="2024-06-03T02:40:00Z")
+    with _status_unreachable(records, monkeypatch):
+        records.rejected(publication, bad, cut_id=CUT, received_at="2024-06-03T02:40:00Z")
     records.rejected(publication, bad, cut_id=CUT, received_at="2024-06-03T02:40:00Z")
     listed = request(
         api, "GET", custom_path(namespace, "prepcuts"),
