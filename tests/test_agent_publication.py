@@ -254,13 +254,17 @@ def test_a_rejection_the_api_server_did_not_take_is_recorded_by_the_next_agent(
     assert not (store.root / UNRECORDED_FILE).exists()
 
 
-@pytest.mark.parametrize(("status", "kept"), [(422, False), (403, False), (503, True), (429, True)])
+@pytest.mark.parametrize(
+    ("status", "kept"),
+    [(422, False), (400, False), (404, False), (503, True), (429, True), (401, True), (403, True)],
+)
 def test_a_record_the_api_server_refuses_does_not_hold_the_line(
     agent: Agent, monkeypatch: pytest.MonkeyPatch, status: int, kept: bool
 ) -> None:
-    """A record refused as it is (a 4xx but 408 and 429) would fail on every retry: kept first
-    in line it would hold every later cut's record, and their promotions, for good. It is
-    logged and dropped; an overloaded or failing API server (429, 5xx) keeps it first."""
+    """A record refused as it is (422, 400, 404) would fail on every retry: kept first in line
+    it would hold every later cut's record, and their promotions, for good. It is logged and
+    dropped; an overloaded or failing API server (429, 5xx), or one that does not take the
+    agent's token or permissions yet (401, 403), keeps it first."""
     first, second = (
         Stored(
             cut=cut, time=None, archive=f"{cut}_PREP.zip", archive_sha256="a" * 64,

@@ -267,14 +267,19 @@ def request(
 API_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError)
 
 
+#: 4xx answers about the caller or the moment, not the request: a token being rotated (401),
+#: permissions an upgrade is still granting (403), a timeout (408), throttling (429).
+NOT_THE_REQUEST = (401, 403, 408, 429)
+
+
 def refused(exc: BaseException) -> bool:
-    """Whether the API server answered that it will not take this request (a 4xx other than
-    408 and 429): trying it again as it is cannot succeed. Unreachable, overloaded or failing
+    """Whether the API server answered that it will not take this request as it is (a 4xx
+    but NOT_THE_REQUEST): trying it again cannot succeed. Unreachable, overloaded or failing
     (5xx) is not a refusal."""
     if not isinstance(exc, k8s.ApiException):
         return False
     status = exc.status or 0
-    return 400 <= status < 500 and status not in (408, 429)
+    return 400 <= status < 500 and status not in NOT_THE_REQUEST
 
 
 MERGE_PATCH = "application/merge-patch+json"

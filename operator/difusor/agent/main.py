@@ -263,10 +263,11 @@ class Agent:
 
     def _record_waiting(self, publication: dict[str, Any], spec: PrepPublicationSpec) -> None:
         """Record the uploads stored or rejected, in the order they came. One the API server
-        does not take (refused, unreachable) stays first in line for the next pass: the upload
-        has left incoming/, and without its PrepCut a stored cut would never be promoted. The
-        line is kept on the volume while it is not empty, for an agent restarted before the API
-        server is back."""
+        cannot take now (unreachable, failing, throttling) stays first in line for the next
+        pass: the upload has left incoming/, and without its PrepCut a stored cut would never
+        be promoted. One it refuses as it is (kube.refused) is logged and dropped. The line is
+        kept on the volume while it is not empty, for an agent restarted before the API server
+        is back."""
         try:
             while self.unrecorded:
                 outcome, received_at = self.unrecorded[0]
