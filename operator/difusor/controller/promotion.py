@@ -12,7 +12,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from difusor.controller.incidents import Incidents
-from difusor.controller.mirror import Mirror
+from difusor.controller.mirror import Mirror, without_managed_fields
 from difusor.controller.purge import PodAddress, Purger, cut_purge_patch, summary
 from difusor.kube import core_path, custom_path, patch_status, publication_event, read, request
 from difusor.logic.conditions import PURGE_FAILED_REASON, set_condition
@@ -556,10 +556,9 @@ def pod_essentials(pod: Obj) -> Obj:
     """A web pod as the mirror keeps it: its metadata without managedFields, and the status
     fields read. The spec and the containers' statuses were most of each pod the operator held
     (three containers' images, mounts, environment and states), read by no step."""
-    meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     return {
-        "metadata": {k: v for k, v in meta.items() if k != "managedFields"},
+        "metadata": without_managed_fields(pod).get("metadata") or {},
         "status": {k: status[k] for k in POD_STATUS_READ if k in status},
     }
 
