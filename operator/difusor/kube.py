@@ -272,7 +272,7 @@ API_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError)
 NOT_THE_REQUEST = (401, 403, 408, 429)
 
 
-def refused(exc: BaseException) -> bool:
+def request_refused(exc: BaseException) -> bool:
     """Whether the API server answered that it will not take this request as it is (a 4xx
     but NOT_THE_REQUEST): trying it again cannot succeed. Unreachable, overloaded or failing
     (5xx) is not a refusal."""

@@ -49,8 +49,8 @@ from difusor.kube import (
     custom_path,
     list_pods,
     read,
-    refused,
     request,
+    request_refused,
 )
 from difusor.logic.archive import ManifestEntry
 from difusor.logic.cuts import parse_cut
@@ -155,7 +155,7 @@ class Agent:
         """Repair the content store after a crash, then take the uploads an earlier run could
         not record, first in line; returns what it did."""
         done = self.store.recover()
-        self.unrecorded = load_unrecorded(self.store) + self.unrecorded
+        self.unrecorded = load_unrecorded(self.store)
         done += [f"{o.archive} received at {at} is to be recorded" for o, at in self.unrecorded]
         return done
 
@@ -265,7 +265,7 @@ class Agent:
         """Record the uploads stored or rejected, in the order they came. One the API server
         cannot take now (unreachable, failing, throttling) stays first in line for the next
         pass: the upload has left incoming/, and without its PrepCut a stored cut would never
-        be promoted. One it refuses as it is (kube.refused) is logged and dropped. The line is
+        be promoted. One it refuses as it is (kube.request_refused) is logged and dropped. The line is
         kept on the volume while it is not empty, for an agent restarted before the API server
         is back."""
         try:
@@ -282,7 +282,7 @@ class Agent:
                             received_at=received_at,
                         )
                 except k8s.ApiException as exc:
-                    if not refused(exc):
+                    if not request_refused(exc):
                         raise
                     # Kept first, a record the API server refuses would hold every later one
                     # (and their cuts' promotions) for good.
