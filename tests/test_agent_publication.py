@@ -25,6 +25,18 @@ from .conftest import unreachable_api
 
 pytestmark = pytest.mark.unit
 
+#: The publication of the agent's pod, as a pass of the agent hands it to _ingest.
+PUBLICATION: dict[str, Any] = {
+    "metadata": {"name": "prep", "uid": "u"},
+    "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
+}
+SPEC = PrepPublicationSpec.model_validate(PUBLICATION["spec"])
+
+
+def unreachable(*_: Any, **__: Any) -> None:
+    """A call to an API server that does not answer at all, as urllib3 gives up on it."""
+    raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+
 
 class Clock:
     def __init__(self) -> None:
@@ -125,19 +137,14 @@ def test_a_stored_cut_the_api_server_did_not_take_is_recorded_on_a_later_pass(
     def record(publication: Any, outcome: Stored, *, received_at: str) -> None:
         calls.append((outcome.cut, received_at))
         if len(calls) == 1:
-            raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
+            unreachable()
 
     monkeypatch.setattr(agent.records, "stored", record)
-    publication: dict[str, Any] = {
-        "metadata": {"name": "prep", "uid": "u"},
-        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
-    }
-    spec = PrepPublicationSpec.model_validate(publication["spec"])
     received = datetime(2024, 6, 3, 2, 40, tzinfo=UTC)
     with pytest.raises(urllib3.exceptions.MaxRetryError):
-        agent._ingest(publication, spec, received)
+        agent._ingest(PUBLICATION, SPEC, received)
     assert agent.unrecorded == [(stored, "2024-06-03T02:40:00Z")]
-    agent._ingest(publication, spec, received + timedelta(minutes=1))
+    agent._ingest(PUBLICATION, SPEC, received + timedelta(minutes=1))
     assert calls == [("20240602_2040", "2024-06-03T02:40:00Z")] * 2
     assert agent.unrecorded == []
 
@@ -150,16 +157,8 @@ def test_a_cut_left_unrecorded_is_recorded_by_the_agent_that_starts_next(
     was received. A night without an outage writes no list."""
     store = agent.store
     listed = store.root / UNRECORDED_FILE
-    publication: dict[str, Any] = {
-        "metadata": {"name": "prep", "uid": "u"},
-        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
-    }
-    spec = PrepPublicationSpec.model_validate(publication["spec"])
     received = datetime(2024, 6, 3, 2, 40, tzinfo=UTC)
     recorded: list[tuple[str, str]] = []
-
-    def unreachable(publication: Any, outcome: Stored, *, received_at: str) -> None:
-        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
 
     def record(publication: Any, outcome: Stored, *, received_at: str) -> None:
         recorded.append((outcome.cut, received_at))
@@ -167,14 +166,14 @@ def test_a_cut_left_unrecorded_is_recorded_by_the_agent_that_starts_next(
     # A cut recorded at once leaves nothing on the volume.
     make_zip(store.incoming / "20240602_2020_PREP.zip", site_files(cut="20240602_2020"))
     monkeypatch.setattr(agent.records, "stored", record)
-    agent._ingest(publication, spec, received - timedelta(minutes=20))
+    agent._ingest(PUBLICATION, SPEC, received - timedelta(minutes=20))
     assert recorded == [("20240602_2020", "2024-06-03T02:20:00Z")]
     assert not listed.exists()
     # The next one, stored while the API server is away, is listed; the agent then stops.
     make_zip(store.incoming / "20240602_2040_PREP.zip", site_files(cut="20240602_2040"))
     monkeypatch.setattr(agent.records, "stored", unreachable)
     with pytest.raises(urllib3.exceptions.MaxRetryError):
-        agent._ingest(publication, spec, received)
+        agent._ingest(PUBLICATION, SPEC, received)
     assert not list(store.incoming.iterdir())
     assert (store.versions / "20240602_2040").is_dir()
     assert listed.exists()
@@ -185,7 +184,7 @@ def test_a_cut_left_unrecorded_is_recorded_by_the_agent_that_starts_next(
     assert unrecorded[0].cut == "20240602_2040"
     assert unrecorded[1] == "2024-06-03T02:40:00Z"
     monkeypatch.setattr(after.records, "stored", record)
-    after._ingest(publication, spec, received + timedelta(minutes=7))
+    after._ingest(PUBLICATION, SPEC, received + timedelta(minutes=7))
     assert recorded[1:] == [("20240602_2040", "2024-06-03T02:40:00Z")]
     assert after.unrecorded == []
     assert not listed.exists()
@@ -218,19 +217,11 @@ def test_a_rejection_the_api_server_did_not_take_is_recorded_by_the_next_agent(
     """A bad upload is quarantined whether or not the API server answers; its record (the
     night's account of rejected uploads) waits in the same line as the stored cuts."""
     store = agent.store
-    publication: dict[str, Any] = {
-        "metadata": {"name": "prep", "uid": "u"},
-        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
-    }
-    spec = PrepPublicationSpec.model_validate(publication["spec"])
     (store.incoming / "20240602_2040_PREP.zip").write_bytes(b"not a zip at all")
-
-    def unreachable(*_: Any, **__: Any) -> None:
-        raise urllib3.exceptions.MaxRetryError(None, "/apis", "refused")  # type: ignore[arg-type]
 
     monkeypatch.setattr(agent.records, "rejected", unreachable)
     with pytest.raises(urllib3.exceptions.MaxRetryError):
-        agent._ingest(publication, spec, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
+        agent._ingest(PUBLICATION, SPEC, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
     assert [p.name for p in store.quarantine_dir.iterdir() if p.suffix == ".zip"] == [
         "20240602_2040_PREP.zip"
     ]
@@ -242,7 +233,7 @@ def test_a_rejection_the_api_server_did_not_take_is_recorded_by_the_next_agent(
         recorded.append((outcome.archive, cut_id, str(outcome.reason), received_at))
 
     monkeypatch.setattr(after.records, "rejected", record)
-    after._ingest(publication, spec, datetime(2024, 6, 3, 2, 47, tzinfo=UTC))
+    after._ingest(PUBLICATION, SPEC, datetime(2024, 6, 3, 2, 47, tzinfo=UTC))
     ((archive, cut_id, reason, received_at),) = recorded
     assert (archive, cut_id, received_at) == (
         "20240602_2040_PREP.zip",
@@ -281,17 +272,12 @@ def test_a_record_the_api_server_refuses_does_not_hold_the_line(
 
     monkeypatch.setattr(agent.records, "stored", record)
     monkeypatch.setattr(agent.intake, "run", lambda **_: iter([first, second]))
-    publication: dict[str, Any] = {
-        "metadata": {"name": "prep", "uid": "u"},
-        "spec": {"host": "prep.example.mx", "sftp": {"authorizedKeysSecret": "k"}},
-    }
-    spec = PrepPublicationSpec.model_validate(publication["spec"])
     if kept:
         with pytest.raises(k8s.ApiException):
-            agent._ingest(publication, spec, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
+            agent._ingest(PUBLICATION, SPEC, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
         assert [o.cut for o, _ in agent.unrecorded] == ["20240602_2040"]
         assert recorded == []
     else:
-        agent._ingest(publication, spec, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
+        agent._ingest(PUBLICATION, SPEC, datetime(2024, 6, 3, 2, 40, tzinfo=UTC))
         assert agent.unrecorded == []
         assert recorded == ["20240602_2100"]
