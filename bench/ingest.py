@@ -8,6 +8,10 @@ rename, as the institute's client does):
 - `while_arriving`: an intake loop runs during the upload as the agent's does (prefetch on,
   woken through inotify when the upload appears and when it is renamed);
   `rename_to_stored_s` runs from the rename (the final name's MOVED_TO event).
+- `while_arriving_paced`: the same with the client held to 100 MB/s (`sftp -l`), two and a half
+  times the institute's minimum and more than most uplinks carry: an uploader elsewhere, whose
+  encryption and reads do not take the pod's CPUs. Over loopback the client and its ssh take one
+  of a small machine's cores, and the upload outruns the extraction.
 MB/s count from the start of the put to the stored cut; ratio_to_raw = that / raw MB/s. The
 institute asks for >= 40 MB/s; the goals: >= 0.8 of raw sftp, and rename -> stored under 0.3 s
 for 50 MB and 1.5 s for 500 MB. Loopback only; the client's ssh shares the CPUs.
@@ -43,6 +47,8 @@ from difusor.ingest.store import Quarantined, Store, Stored  # noqa: E402
 from difusor.models import IngestSpec  # noqa: E402
 
 MB = 1_000_000
+#: The paced upload's rate, MB/s.
+PACED_MBPS = 100
 
 
 def row_pool(rng: random.Random, size: int) -> list[str]:
@@ -101,10 +107,14 @@ class _RenameClock:
         self._inotify.close()
 
 
-def _upload(sshd: Any, archive: Path) -> float:
-    """Puts the archive under a temporary name and renames it; returns when sftp exited."""
+def _upload(sshd: Any, archive: Path, *, mbps: int | None = None) -> float:
+    """Puts the archive under a temporary name and renames it, at most `mbps` MB/s if given;
+    returns when sftp exited."""
     name = archive.name
-    result = sftp_batch(sshd, [f"put {archive} .{name}.part", f"rename .{name}.part {name}"])
+    limit = ["-l", str(mbps * 8000)] if mbps else []  # sftp -l counts Kbit/s
+    result = sftp_batch(
+        sshd, [f"put {archive} .{name}.part", f"rename .{name}.part {name}"], options=limit
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     return time.perf_counter()
@@ -126,12 +136,12 @@ def _pod_volume(kept: Path) -> Iterator[tuple[Any, Store]]:
             store.root.rename(kept / f"run-{len(list(kept.iterdir()))}")
 
 
-def at_rename(archive: Path, kept: Path) -> dict[str, float]:
+def at_rename(archive: Path, kept: Path, *, mbps: int | None = None) -> dict[str, float]:
     """Upload, then one intake pass: the ordinary path, all the work after the rename."""
     with _pod_volume(kept) as (sshd, store):
         intake = Intake(store)
         started = time.perf_counter()
-        uploaded = _upload(sshd, archive)
+        uploaded = _upload(sshd, archive, mbps=mbps)
         [outcome] = intake.run(ingest=IngestSpec(), pinned=None, now=datetime.now(UTC))
         stored = time.perf_counter()
         if not isinstance(outcome, Stored):
@@ -139,7 +149,7 @@ def at_rename(archive: Path, kept: Path) -> dict[str, float]:
     return {"started": started, "uploaded": uploaded, "stored": stored, "renamed": uploaded}
 
 
-def while_arriving(archive: Path, kept: Path) -> dict[str, float]:
+def while_arriving(archive: Path, kept: Path, *, mbps: int | None = None) -> dict[str, float]:
     """The agent's intake beside the upload: prefetch, woken by inotify (watch_incoming) when the
     upload appears and when it is renamed, and by the follower that sees the rename."""
     with _pod_volume(kept) as (sshd, store):
@@ -167,7 +177,7 @@ def while_arriving(archive: Path, kept: Path) -> dict[str, float]:
             thread.start()
         started = time.perf_counter()
         try:
-            uploaded = _upload(sshd, archive)
+            uploaded = _upload(sshd, archive, mbps=mbps)
             threads[1].join(600)
         finally:
             stop.set()
@@ -197,8 +207,12 @@ def measure(archive: Path, files: int, uncompressed: int, kept: Path) -> dict[st
         "files": files,
         "raw_sftp_mbps": round(raw, 1),
     }
-    for name, run in (("at_rename", at_rename), ("while_arriving", while_arriving)):
-        t = run(archive, kept)
+    for name, run, mbps in (
+        ("at_rename", at_rename, None),
+        ("while_arriving", while_arriving, None),
+        ("while_arriving_paced", while_arriving, PACED_MBPS),
+    ):
+        t = run(archive, kept, mbps=mbps)
         ingest = size / MB / (t["stored"] - t["started"])
         case[name] = {
             "upload_mbps": round(size / MB / (t["uploaded"] - t["started"]), 1),
@@ -206,7 +220,15 @@ def measure(archive: Path, files: int, uncompressed: int, kept: Path) -> dict[st
             "rename_to_stored_s": round(max(0.0, t["stored"] - t["renamed"]), 3),
             "ratio_to_raw": round(ingest / raw, 2),
         }
+    case["while_arriving_paced"]["client_limit_mbps"] = PACED_MBPS
     return case
+
+
+def meets(
+    cases: list[dict[str, Any]], sizes: tuple[int, ...], goals: dict[int, float], way: str
+) -> bool:
+    """Whether every size's upload, taken `way`, was stored within its goal after the rename."""
+    return all(c[way]["rename_to_stored_s"] < goals[mb] for c, mb in zip(cases, sizes, strict=True))
 
 
 def main() -> int:
@@ -243,10 +265,10 @@ def main() -> int:
                 "meets_goal_ratio": all(c["ratio_to_raw"] >= 0.8 for c in best),
                 "meets_goal_rename_to_stored": None
                 if args.quick
-                else all(
-                    c["while_arriving"]["rename_to_stored_s"] < goals[mb]
-                    for c, mb in zip(cases, sizes, strict=True)
-                ),
+                else meets(cases, sizes, goals, "while_arriving"),
+                "meets_goal_rename_to_stored_paced": None
+                if args.quick
+                else meets(cases, sizes, goals, "while_arriving_paced"),
             }
         )
     )

@@ -195,12 +195,14 @@ def client_options(sshd: Sshd) -> list[str]:
 
 
 def sftp_batch(
-    sshd: Sshd, commands: Sequence[str], *, timeout: float = 600
+    sshd: Sshd, commands: Sequence[str], *, timeout: float = 600, options: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """Runs `sftp -b` with these commands against the sshd (a failing command ends the batch)."""
+    """Runs `sftp -b` with these commands against the sshd (a failing command ends the batch);
+    `options` go to sftp before the others (`-l` to limit its rate, for one)."""
     return subprocess.run(
         [
             require_binary("sftp"),
+            *options,
             *client_options(sshd),
             "-P",
             str(sshd.port),
