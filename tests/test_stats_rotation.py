@@ -11,13 +11,17 @@ from typing import Any
 
 import pytest
 
+from difusor.agent import stats
 from difusor.agent.stats import (
+    CURSOR_ANNOTATION,
     LOG_NAME,
     REOPEN_GRACE_SECONDS,
     ROTATED_NAME,
     StatsShipper,
+    cursor_name,
     read_hour,
 )
+from difusor.kube import core_path, read
 from difusor.models import GROUP, VERSION
 
 from .conftest import kubectl, wait_for
@@ -236,3 +240,75 @@ def test_the_shipper_takes_the_publication_from_the_agent_s_copy(
         reading = _shipper(api, namespace, workdir)
         reading.step()
         assert reading.interval == 1.0  # without the agent's copy: read from the API server
+
+
+def test_the_cursor_is_written_when_the_live_log_changes_not_on_every_pass(
+    crds: str, api: object, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cursor tells a restarted agent which generation each log file is. Written on every
+    pass, it was one write to the API server per pod every shipIntervalSeconds all night."""
+
+    def cursor() -> tuple[str, dict[str, int]] | None:
+        cm = read(api, core_path(namespace, "configmaps", cursor_name(POD)))  # type: ignore[arg-type]
+        if cm is None:
+            return None
+        notes = cm["metadata"]["annotations"]
+        return cm["metadata"]["resourceVersion"], json.loads(notes[CURSOR_ANNOTATION])
+
+    with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
+        logs = workdir / "logs"
+        client = server.client("127.0.0.9")
+        sent = 0
+
+        def traffic(count: int, live: int) -> None:
+            """`count` requests, then wait until the live log has `live` lines."""
+            nonlocal sent
+            for _ in range(count):
+                assert client.request(f"/json/main.json?n={sent}").status == 200
+                sent += 1
+            wait_for(
+                f"{live} requests in the access log",
+                lambda: (
+                    (logs / LOG_NAME).exists()
+                    and (logs / LOG_NAME).read_bytes().count(b"\n") == live
+                ),
+                timeout=30,
+            )
+
+        traffic(2, live=2)
+        shipper = _shipper(api, namespace, workdir)
+        assert shipper.step() == 2
+        first = cursor()
+        assert first is not None
+        version, named = first
+        # Lines shipped, the live log the same: the hour's object moves, the cursor does not.
+        traffic(2, live=4)
+        assert shipper.step() == 2
+        assert _shipped_requests(api, namespace) == 4
+        assert cursor() == first
+
+        # Past 4Ki: rotated; the pass that takes up the reopened log writes the new generation.
+        traffic(40, live=44)
+        assert shipper.step() == 40
+        wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
+        traffic(1, live=1)
+        shipper.step()
+        moved = cursor()
+        assert moved is not None
+        assert moved[0] != version
+        assert moved[1]["generation"] == named["generation"] + 1
+        assert moved[1]["inode"] != named["inode"]
+
+        # Deleted by hand, it comes back once the refresh is due.
+        kubectl(crds, "-n", namespace, "delete", "configmap", cursor_name(POD))
+        traffic(1, live=2)
+        shipper.step()
+        assert cursor() is None
+        monkeypatch.setattr(stats, "CURSOR_REFRESH_SECONDS", 0.0)
+        shipper.step()
+        back = cursor()
+        assert back is not None
+        assert back[1] == moved[1]
+        client.close()
+    shipper.step()
+    assert _shipped_requests(api, namespace) == sent == 46

@@ -51,6 +51,9 @@ from difusor.render.labels import (
 log = logging.getLogger("difusor.agent.stats")
 
 CURSOR_ANNOTATION = f"{GROUP}/log-cursor"
+#: The cursor is written when the live log it names changes (a rotation, a new volume) and
+#: again after this many seconds, so that one deleted by hand comes back; not on every pass.
+CURSOR_REFRESH_SECONDS = 600.0
 LOG_NAME = "access.log"
 ROTATED_NAME = "access.log.1"
 #: After SIGUSR1, how long before the rotated file may be removed (nginx flushes every 1 s).
@@ -142,6 +145,8 @@ class StatsShipper:
         self.metadata: dict[str, Any] = {}
         self.rotate_bytes = parse_quantity("64Mi")
         self.interval = 10.0
+        #: The (generation, inode) last written to the cursor, and when (monotonic).
+        self.cursor_written: tuple[tuple[int, int], float] | None = None
 
     # --- setup -----------------------------------------------------------------------------
 
@@ -263,9 +268,7 @@ class StatsShipper:
             self.compactor.dirty.discard(hour)
         current = self.files[-1] if self.files else None
         if current is not None:
-            self._put_cursor(
-                {"generation": current.generation, "inode": current.inode, "offset": current.offset}
-            )
+            self._put_cursor(current.generation, current.inode)
         self.compactor.forget_before(int(time.time()) // 3600 * 3600 - 3600)
 
     def _labels(self, hour: int | None) -> dict[str, str]:
@@ -290,10 +293,23 @@ class StatsShipper:
         )  # fmt: skip
         self._upsert(name, body)
 
-    def _put_cursor(self, cursor: dict[str, int]) -> None:
+    def _put_cursor(self, generation: int, inode: int) -> None:
+        """Which generation the live log is: what a restarted agent needs to tell its files
+        apart (`_restore`); the hours' objects say which lines of each were counted.
+
+        Written when it changes and every CURSOR_REFRESH_SECONDS: with every pass it was half
+        of a pod's writes to the API server, one every shipIntervalSeconds all night.
+        """
+        now = time.monotonic()
+        if self.cursor_written is not None:
+            written, at = self.cursor_written
+            if written == (generation, inode) and now - at < CURSOR_REFRESH_SECONDS:
+                return
         name = cursor_name(self.pod)
+        cursor = {"generation": generation, "inode": inode}
         body = self._config_map(name, self._labels(None), {CURSOR_ANNOTATION: json.dumps(cursor)})
         self._upsert(name, body)
+        self.cursor_written = ((generation, inode), now)
 
     def _config_map(
         self, name: str, labels: dict[str, str], annotations: dict[str, str], **data: Any
