@@ -297,8 +297,8 @@ class StatsShipper:
         """Which generation the live log is: what a restarted agent needs to tell its files
         apart (`_restore`); the hours' objects say which lines of each were counted.
 
-        Written when it changes and every CURSOR_REFRESH_SECONDS: with every pass it was half
-        of a pod's writes to the API server, one every shipIntervalSeconds all night.
+        Written when it changes and every CURSOR_REFRESH_SECONDS: on every pass it was half of
+        the statistics' writes to the API server, one per pod every shipIntervalSeconds all night.
         """
         now = time.monotonic()
         if self.cursor_written is not None:
