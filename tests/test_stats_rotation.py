@@ -93,6 +93,27 @@ def _shipped_requests(api: object, namespace: str) -> int:
     return total
 
 
+class _Traffic:
+    """Numbered requests to the nginx under test, each batch awaited in its access log."""
+
+    def __init__(self, client: Any, logs: Path) -> None:
+        self.client = client
+        self.logs = logs
+        self.sent = 0
+
+    def send(self, count: int, *, lines: int) -> None:
+        """`count` requests, then wait until the live access log has `lines` lines."""
+        for _ in range(count):
+            assert self.client.request(f"/json/main.json?n={self.sent}").status == 200
+            self.sent += 1
+        live = self.logs / LOG_NAME
+        wait_for(
+            f"{lines} requests in {LOG_NAME}",
+            lambda: live.exists() and live.read_bytes().count(b"\n") == lines,
+            timeout=30,
+        )
+
+
 def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
     crds: str, api: object, namespace: str, tmp_path: Path
 ) -> None:
@@ -140,27 +161,14 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
     """
     with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
-        client = server.client("127.0.0.9")
-        sent = 0
-
-        def traffic(count: int) -> None:
-            nonlocal sent
-            for _ in range(count):
-                assert client.request(f"/json/main.json?n={sent}").status == 200
-                sent += 1
-            wait_for(
-                "every request in the access log",
-                lambda: (logs / LOG_NAME).read_bytes().count(b"\n") == sent,
-                timeout=30,
-            )
-
-        traffic(40)
+        traffic = _Traffic(server.client("127.0.0.9"), logs)
+        traffic.send(40, lines=40)
         shipper = _shipper(api, namespace, workdir)
         ship = shipper._ship
 
         def ship_while_requests_arrive() -> None:
             ship()
-            traffic(5)
+            traffic.send(5, lines=traffic.sent + 5)
 
         monkeypatch.setattr(shipper, "_ship", ship_while_requests_arrive)
         assert shipper.step() == 40
@@ -168,9 +176,9 @@ def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
         monkeypatch.undo()
 
         _wait_removed(shipper, logs, "the rotated log read to its end and removed")
-        client.close()
+        traffic.client.close()
     shipper.step()
-    assert _shipped_requests(api, namespace) == sent == 45
+    assert _shipped_requests(api, namespace) == traffic.sent == 45
 
 
 def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_due(
@@ -180,21 +188,8 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
     may go: waiting for the next pass to rotate it let it grow one more interval each time."""
     with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
-        client = server.client("127.0.0.9")
-        sent = 0
-
-        def traffic(count: int, log: Path) -> None:
-            nonlocal sent
-            for _ in range(count):
-                assert client.request(f"/json/main.json?n={sent}").status == 200
-                sent += 1
-            wait_for(
-                f"{count} requests in {log.name}",
-                lambda: log.exists() and log.read_bytes().count(b"\n") == count,
-                timeout=30,
-            )
-
-        traffic(40, logs / LOG_NAME)
+        traffic = _Traffic(server.client("127.0.0.9"), logs)
+        traffic.send(40, lines=40)
         shipper = _shipper(api, namespace, workdir)
         assert shipper.pause() == shipper.interval
         assert shipper.step() == 40
@@ -203,7 +198,7 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
         shipper.interval = 10.0
         assert shipper.pause() <= REOPEN_GRACE_SECONDS + 0.1
         wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
-        traffic(40, logs / LOG_NAME)  # past 4Ki again
+        traffic.send(40, lines=40)  # past 4Ki again
         time.sleep(REOPEN_GRACE_SECONDS + 0.2)
         assert shipper.step() == 40
         # One pass: the first rotated file read and removed, the live one rotated in its place.
@@ -211,9 +206,9 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
         assert (logs / ROTATED_NAME).read_bytes().count(b"\n") == 40
 
         _wait_removed(shipper, logs, "the second rotated log removed")
-        client.close()
+        traffic.client.close()
     shipper.step()
-    assert _shipped_requests(api, namespace) == sent == 80
+    assert _shipped_requests(api, namespace) == traffic.sent == 80
 
 
 def test_the_shipper_takes_the_publication_from_the_agent_s_copy(
@@ -257,41 +252,24 @@ def test_the_cursor_is_written_when_the_live_log_changes_not_on_every_pass(
 
     with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
-        client = server.client("127.0.0.9")
-        sent = 0
-
-        def traffic(count: int, live: int) -> None:
-            """`count` requests, then wait until the live log has `live` lines."""
-            nonlocal sent
-            for _ in range(count):
-                assert client.request(f"/json/main.json?n={sent}").status == 200
-                sent += 1
-            wait_for(
-                f"{live} requests in the access log",
-                lambda: (
-                    (logs / LOG_NAME).exists()
-                    and (logs / LOG_NAME).read_bytes().count(b"\n") == live
-                ),
-                timeout=30,
-            )
-
-        traffic(2, live=2)
+        traffic = _Traffic(server.client("127.0.0.9"), logs)
+        traffic.send(2, lines=2)
         shipper = _shipper(api, namespace, workdir)
         assert shipper.step() == 2
         first = cursor()
         assert first is not None
         version, named = first
         # Lines shipped, the live log the same: the hour's object moves, the cursor does not.
-        traffic(2, live=4)
+        traffic.send(2, lines=4)
         assert shipper.step() == 2
         assert _shipped_requests(api, namespace) == 4
         assert cursor() == first
 
         # Past 4Ki: rotated; the pass that takes up the reopened log writes the new generation.
-        traffic(40, live=44)
+        traffic.send(40, lines=44)
         assert shipper.step() == 40
         wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
-        traffic(1, live=1)
+        traffic.send(1, lines=1)
         shipper.step()
         moved = cursor()
         assert moved is not None
@@ -301,7 +279,7 @@ def test_the_cursor_is_written_when_the_live_log_changes_not_on_every_pass(
 
         # Deleted by hand, it comes back once the refresh is due.
         kubectl(crds, "-n", namespace, "delete", "configmap", cursor_name(POD))
-        traffic(1, live=2)
+        traffic.send(1, lines=2)
         shipper.step()
         assert cursor() is None
         monkeypatch.setattr(stats, "CURSOR_REFRESH_SECONDS", 0.0)
@@ -309,6 +287,6 @@ def test_the_cursor_is_written_when_the_live_log_changes_not_on_every_pass(
         back = cursor()
         assert back is not None
         assert back[1] == moved[1]
-        client.close()
+        traffic.client.close()
     shipper.step()
-    assert _shipped_requests(api, namespace) == sent == 46
+    assert _shipped_requests(api, namespace) == traffic.sent == 46
