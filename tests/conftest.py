@@ -114,23 +114,29 @@ def crds(kubeconfig: str) -> str:
 
 
 def install_crds(kubeconfig: str) -> None:
-    """Applies crds/ and waits until every one of them is Established.
+    """Applies crds/ and waits until every one of them is Established."""
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    wait_established(
+        kubeconfig,
+        [
+            yaml.safe_load(path.read_text())["metadata"]["name"]
+            for path in sorted((REPO / "crds").glob("*.yaml"))
+        ],
+    )
+
+
+def wait_established(kubeconfig: str, names: list[str]) -> None:
+    """Waits until every CRD named is Established.
 
     Polled rather than `kubectl wait`: on a CRD created a moment ago, before the API server has
     written its status, `kubectl wait --for=condition` fails at once (".status.conditions accessor
     error") instead of waiting.
     """
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    names = [
-        f"crd/{yaml.safe_load(path.read_text())['metadata']['name']}"
-        for path in sorted((REPO / "crds").glob("*.yaml"))
-    ]
-    established = "{range .items[*]}{.status.conditions[?(@.type=='Established')].status} {end}"
+    established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
     wait_for(
-        "the difusor CRDs Established",
-        lambda: (
-            kubectl(kubeconfig, "get", *names, "-o", f"jsonpath={established}").split()
-            == ["True"] * len(names)
+        f"{', '.join(names)} Established",
+        lambda: all(
+            kubectl(kubeconfig, "get", f"crd/{name}", "-o", established) == "True" for name in names
         ),
         timeout=60,
     )

@@ -25,7 +25,7 @@ from .chart_tools import (
     plural,
     service_account_kubeconfig,
 )
-from .conftest import CHILDREN, REPO, OperatorProcess, kubectl, wait_for
+from .conftest import CHILDREN, REPO, OperatorProcess, install_crds, kubectl, wait_for
 
 CRD_FILES = sorted((REPO / "crds").glob("*.yaml"))
 CRD_NAMES = [
@@ -535,11 +535,7 @@ def own_cluster(kubeconfig: str) -> Iterator[str]:
         ["bash", script, "up", name], capture_output=True, text=True, check=True, timeout=600
     ).stdout.strip()
     try:
-        kubectl(path, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        kubectl(
-            path, "wait", "--for=condition=Established", "--timeout=60s",
-            *(f"crd/{crd}" for crd in CRD_NAMES),
-        )  # fmt: skip
+        install_crds(path)
         yield path
     finally:
         if not os.environ.get("DIFUSOR_KEEP_CLUSTER"):

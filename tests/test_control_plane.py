@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, TEST_CLUSTER, kubectl, token_kubeconfig, wait_for
+from .conftest import REPO, TEST_CLUSTER, kubectl, token_kubeconfig, wait_established, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -79,7 +79,7 @@ def test_a_crd_cel_rule_refuses_a_bad_object_with_the_rules_message(
     kubeconfig: str, namespace: str
 ) -> None:
     kubectl(kubeconfig, "apply", "-f", "-", stdin=CEL_CRD)
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/widgets.cel.test.difusor.io")
+    wait_established(kubeconfig, ["widgets.cel.test.difusor.io"])
     good = "apiVersion: cel.test.difusor.io/v1\nkind: Widget\nmetadata: {name: ok}\nspec: {min: 1, max: 2}\n"
     bad = "apiVersion: cel.test.difusor.io/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {min: 3, max: 2}\n"
     kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=good)
