@@ -302,14 +302,17 @@ up() {
 # Stops this node's processes and removes what `up` made on the machine (not the Node object).
 down_local() {
   local f pid
+  # Every step goes on whatever the one before found: under `set -e` a kill of a process that
+  # just exited, or a find over cgroups that containers leave meanwhile, ended the script here
+  # and left containerd and every container of the node running.
   for f in kubelet kube-proxy; do
-    [[ -f "$RUN/pids/$f.pid" ]] && pid="$(cat "$RUN/pids/$f.pid")" && ours "$pid" && kill "$pid" 2>/dev/null
+    [[ -f "$RUN/pids/$f.pid" ]] && pid="$(cat "$RUN/pids/$f.pid")" && ours "$pid" && kill "$pid" 2>/dev/null || true
   done
   # Every container process, whatever its state: they all live in this node's cgroup root.
   local ctrl procs
   for ctrl in /sys/fs/cgroup/pids /sys/fs/cgroup/memory /sys/fs/cgroup/cpu; do
     [[ -d "$ctrl/$CGROOT" ]] || continue
-    procs="$(find "$ctrl/$CGROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"
+    procs="$(find "$ctrl/$CGROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)" || true
     [[ -z "$procs" ]] || kill -9 $procs 2>/dev/null || true
   done
   # The runc shims of this node's containerd (their command line names its socket).
@@ -317,7 +320,7 @@ down_local() {
     kill -9 "$pid" 2>/dev/null || true
   done
   for f in containerd apiserver-ns apiserver-host; do
-    [[ -f "$RUN/pids/$f.pid" ]] && pid="$(cat "$RUN/pids/$f.pid")" && ours "$pid" && kill "$pid" 2>/dev/null
+    [[ -f "$RUN/pids/$f.pid" ]] && pid="$(cat "$RUN/pids/$f.pid")" && ours "$pid" && kill "$pid" 2>/dev/null || true
   done
   sleep 1
   # Mounts left under the node's directories (volumes, rootfs, pods' netns), deepest first.
@@ -327,7 +330,7 @@ down_local() {
   done < <(awk '{print $5}' /proc/self/mountinfo | grep -E "^($DIR|$RUN)(/|$)" | sort -r)
   ip netns del "$NS" 2>/dev/null || true
   for ctrl in /sys/fs/cgroup/*/; do
-    [[ -d "$ctrl$CGROOT" ]] && find "$ctrl$CGROOT" -depth -type d -exec rmdir {} + 2>/dev/null
+    [[ -d "$ctrl$CGROOT" ]] && find "$ctrl$CGROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   rm -rf "$DIR" "$RUN"
 }
