@@ -124,21 +124,15 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
     """
     with _publication_on_nginx(crds, namespace, tmp_path) as (server, workdir):
         logs = workdir / "logs"
-        sent = 40  # about 300 bytes a line: well past 4 KiB
-        client = server.client("127.0.0.9")
+        traffic = _Traffic(server.client("127.0.0.9"), logs)
         try:
-            for index in range(sent):
-                assert client.request(f"/json/main.json?n={index}").status == 200
+            # About 300 bytes a line: well past 4 KiB. nginx writes its buffered lines within a
+            # second (flush=1s).
+            traffic.send(40, lines=40)
         finally:
-            client.close()
-        # nginx writes its buffered lines within a second (flush=1s).
-        wait_for(
-            "every request in the access log",
-            lambda: (logs / LOG_NAME).read_bytes().count(b"\n") == sent,
-            timeout=30,
-        )
+            traffic.client.close()
         shipper = _shipper(api, namespace, workdir)
-        assert shipper.step() == sent
+        assert shipper.step() == 40
         assert (logs / ROTATED_NAME).exists(), "read and shipped past 4Ki: rotated"
         wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
         assert (logs / LOG_NAME).stat().st_size == 0
@@ -148,7 +142,7 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
         assert server.get("/index.html").status == 200  # still logging, to the new file
         wait_for("the next request logged", lambda: (logs / LOG_NAME).stat().st_size > 0)
     shipper.step()
-    assert _shipped_requests(api, namespace) == sent + 1
+    assert _shipped_requests(api, namespace) == traffic.sent + 1 == 41
 
 
 def test_a_log_that_grows_while_it_is_shipped_is_rotated_all_the_same(
