@@ -23,6 +23,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# The demo's pods take 127.200.x.y, apart from the tests' 127.1.x.y: `make test` run while the
+# demo is up found the demo's nginx and sshd on its first host pods' addresses and ports.
+os.environ.setdefault("DIFUSOR_HOSTPOD_NET", "200")
 
 from tests.archives import make_zip, site_files  # noqa: E402
 from tests.conftest import install_crds, kubectl  # noqa: E402
