@@ -194,18 +194,28 @@ def _deleted(event: kopf.RawEvent) -> bool:
     return event.get("type") == "DELETED"
 
 
+def _nudge(memo: kopf.Memo, namespace: str | None, publication: str | None) -> None:
+    if namespace and publication:
+        promoter: Promoter = memo.promoter
+        promoter.nudge(namespace, publication)
+
+
+# The watch events' handlers are coroutines: they note the object in the mirror and ask for a
+# step, which runs on the promoter's threads (Promoter.nudge), so the event is let go at once.
+
+
 @kopf.on.event("", "v1", "pods", labels=WEB_POD_LABELS)
-def pod_reported(
+async def pod_reported(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     """An agent reported (staged, active) or a pod came or went: take the next promotion step."""
     promoter: Promoter = memo.promoter
     if promoter.pods.saw(dict(event["object"]), deleted=_deleted(event)):
-        _promote(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
+        _nudge(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
 
 
 @kopf.on.event(GROUP, VERSION, "prepcuts")
-def cut_changed(
+async def cut_changed(
     event: kopf.RawEvent, spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     """A cut was received or verified: it may start a promotion."""
@@ -216,7 +226,7 @@ def cut_changed(
     # starts none (the step that wrote decides again itself when it moved the rollout). About
     # half the steps of a promotion were such echoes.
     if deleted or not promoter.wrote(cut):
-        _promote(memo, namespace, spec.get("publication"))
+        _nudge(memo, namespace, spec.get("publication"))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)

@@ -58,6 +58,8 @@ WRITTEN_KEPT = 256
 #: Committing -> Promoted is at most three; a purge adds one): a bound, should a decision keep
 #: writing the same thing.
 MAX_FOLLOW_UPS = 5
+#: Threads for the steps watch events ask for: steps of different publications run side by side.
+STEP_THREADS = 4
 #: Promotion events that mean a rollout got stuck: each opens (or adds to) an incident.
 STUCK = ("StageTimeout", "CommitTimeout", "PromotionFailed", "RolloutAbandoned")
 STAGING_PHASE, COMMITTING_PHASE = "Staging", "Committing"
@@ -111,7 +113,8 @@ def _purge_view(raw: Obj) -> PurgeView:
 
 
 class Promoter:
-    """One promotion step per call; serialised per publication across kopf's handler threads.
+    """One promotion step per call; serialised per publication across the threads that call it
+    (kopf's handler threads, and the promoter's own for the steps watch events ask for).
 
     Calls that arrive while a step of the same publication runs (ten pods reporting at once)
     do not queue behind it one by one: they ask for one more step, taken right after it with
@@ -141,8 +144,12 @@ class Promoter:
         # Pods' reports on a rollout's target, noted until the next phase writes them.
         self._reports: dict[tuple[str, str, str], Obj] = {}
         # Up to three reads per step (the mirrors list when due), and as many steps at once as
-        # kopf runs handlers (settings in handlers.configure); the threads start when needed.
+        # kopf runs handlers (settings in handlers.configure) and the promoter's own threads
+        # beside them; the threads start when needed.
         self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="promotion-read")
+        # Steps that watch events ask for (nudge) run here, not in the event's kopf handler.
+        self._steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix="promotion")
+        self._queued: set[tuple[str, str]] = set()
 
     def _fresh(self, key: tuple[str, ...], now: datetime) -> bool:
         """False for an Event said in the last ten minutes (a standing condition is said once)."""
@@ -180,6 +187,33 @@ class Promoter:
                 self._running.discard(key)
                 self._again.discard(key)
             raise
+
+    def nudge(self, namespace: str, name: str) -> None:
+        """Have a step of the publication taken soon, without waiting for it.
+
+        Watch events of pods and PrepCuts ask for steps this way. A kopf handler that took the
+        step itself waited for one of kopf's threads, and kept its event's object until then:
+        when 50 publications arrive, the reconciles hold those threads for seconds, and the
+        pods' events piled up behind them (the operator's peak memory). A step asked for while
+        one is queued is that step; while one runs, it is one more step after it.
+        """
+        key = (namespace, name)
+        with self._guard:
+            if key in self._queued:
+                return
+            if key in self._running:
+                self._again.add(key)
+                return
+            self._queued.add(key)
+        self._steps.submit(self._nudged, key)
+
+    def _nudged(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._queued.discard(key)
+        try:
+            self.step(*key, datetime.now(UTC))
+        except Exception:
+            log.exception("Promotion step of %s/%s failed", *key)
 
     def _list_cuts(self, namespace: str, publication: str) -> Obj:
         query = [("labelSelector", f"{PUBLICATION_LABEL}={publication}")]
