@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from kubernetes import client as k8s
 from difusor.controller.monitor import Monitor, Watch
 from difusor.controller.promotion import Promoter
 from difusor.controller.reconcile import Reconciler, Settings, nginx_resolver
+from difusor.controller.refresher import Refresher
 from difusor.kube import Cluster, api_client
 from difusor.metrics import OperatorMetrics
 from difusor.models import GROUP, VERSION
@@ -102,6 +104,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             reconcile_interval=INTERVAL,
         ),
     )
+    memo.workloads = Refresher(functools.partial(_refresh_status, memo.reconciler))
 
 
 def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool, repair: bool = False) -> None:
@@ -153,14 +156,23 @@ def repair(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=WORKLOAD_LABELS)
-def workload_changed(
+async def workload_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, namespace: str | None, **_: Any
 ) -> None:
     """Refresh the publication's status when its web pods change (readiness, rollout)."""
     publication = body.metadata.labels.get(INSTANCE_LABEL)
     if not publication or not namespace or event.get("type") is None:
         return
-    reconciler: Reconciler = memo.reconciler
+    workload = dict(body) if event.get("type") != "DELETED" else None
+    refresher: Refresher[tuple[str, str], dict[str, Any] | None] = memo.workloads
+    refresher.ask((namespace, publication), workload)
+
+
+def _refresh_status(
+    reconciler: Reconciler, key: tuple[str, str], workload: dict[str, Any] | None
+) -> None:
+    """The status of a publication from its StatefulSet as last seen (None: read it)."""
+    namespace, publication = key
     api = k8s.CustomObjectsApi(reconciler.cluster.api)
     try:
         owner = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, publication)
@@ -168,7 +180,6 @@ def workload_changed(
         if exc.status == 404:
             return
         raise
-    workload = dict(body) if event.get("type") != "DELETED" else None
     outcome = reconciler.reconcile(owner, workload=workload)
     if outcome.status_patch:
         _patch_status(reconciler, namespace, publication, outcome.status_patch)
