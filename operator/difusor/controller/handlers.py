@@ -219,7 +219,7 @@ def _nudge(memo: kopf.Memo, namespace: str | None, publication: str | None) -> N
 async def pod_reported(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """An agent reported (staged, active) or a pod came or went: take the next promotion step."""
+    """An agent reported (staged, active) or a pod came or went: ask for the next promotion step."""
     promoter: Promoter = memo.promoter
     if promoter.pods.saw(dict(event["object"]), deleted=_deleted(event)):
         _nudge(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
