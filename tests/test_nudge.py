@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client as k8s
 
 from difusor.controller import handlers
-from difusor.controller.promotion import Promoter
+from difusor.controller.promotion import STEP_THREADS, Promoter
 from difusor.logic.promotion import Decision
 from difusor.render.labels import selector_labels
 
@@ -74,7 +74,7 @@ def test_nudges_while_a_step_runs_give_one_more_step_after_it() -> None:
 
 def test_a_nudge_while_one_waits_for_a_thread_is_that_step() -> None:
     promoter = Held()
-    others = [f"other{i}" for i in range(4)]  # as many as the threads: they hold all of them
+    others = [f"other{i}" for i in range(STEP_THREADS)]  # they hold every thread
     for name in others:
         promoter.nudge(NS, name)
     for _ in others:
@@ -82,7 +82,7 @@ def test_a_nudge_while_one_waits_for_a_thread_is_that_step() -> None:
     for _ in range(3):
         promoter.nudge(NS, PUB)  # queued behind them: one step, however many events
     promoter.go.set()
-    promoter.settle(5)
+    promoter.settle(STEP_THREADS + 1)
     assert sorted(promoter.steps) == sorted([(NS, n) for n in others] + [(NS, PUB)])
 
 
