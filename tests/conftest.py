@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -181,6 +182,14 @@ def wait_for(
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def released(semaphore: threading.Semaphore, times: int, *, timeout: float = 10.0) -> None:
+    """Wait until `semaphore` is released `times` times, and check that it is not once more
+    (within a fifth of a second: a late extra release passes unseen, never a right count)."""
+    for count in range(times):
+        assert semaphore.acquire(timeout=timeout), f"released {count} times of {times}"
+    assert not semaphore.acquire(timeout=0.2), f"released more than {times} times"
 
 
 class OperatorProcess:

@@ -8,6 +8,8 @@ import pytest
 
 from difusor.controller.refresher import Refresher
 
+from .conftest import released
+
 pytestmark = pytest.mark.unit
 
 WAIT = 10.0
@@ -34,9 +36,7 @@ class Work:
             self.done.release()
 
     def finished(self, calls: int) -> None:
-        for _ in range(calls):
-            assert self.done.acquire(timeout=WAIT)
-        assert not self.done.acquire(timeout=0.2)
+        released(self.done, calls)
 
 
 def test_asks_while_waiting_for_a_thread_are_one_call_with_the_latest() -> None:

@@ -14,6 +14,7 @@ from kubernetes import client as k8s
 from difusor.controller.incidents import Incidents
 from difusor.controller.mirror import Mirror, without_managed_fields
 from difusor.controller.purge import PodAddress, Purger, cut_purge_patch, summary
+from difusor.controller.refresher import Refresher
 from difusor.kube import core_path, custom_path, patch_status, publication_event, read, request
 from difusor.logic.conditions import PURGE_FAILED_REASON, set_condition
 from difusor.logic.promotion import (
@@ -148,8 +149,9 @@ class Promoter:
         # beside them; the threads start when needed.
         self._reads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="promotion-read")
         # Steps that watch events ask for (nudge) run here, not in the event's kopf handler.
-        self._steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix="promotion")
-        self._queued: set[tuple[str, str]] = set()
+        self._asked: Refresher[tuple[str, str], None] = Refresher(
+            self._step_asked, threads=STEP_THREADS, name="promotion"
+        )
 
     def _fresh(self, key: tuple[str, ...], now: datetime) -> bool:
         """False for an Event said in the last ten minutes (a standing condition is said once)."""
@@ -195,21 +197,11 @@ class Promoter:
         step itself waited for one of kopf's threads, and kept its event's object until then:
         when 50 publications arrive, the reconciles hold those threads for seconds, and the
         pods' events piled up behind them (the operator's peak memory). A step asked for while
-        one is queued is that step; while one runs, it is one more step after it.
+        one is queued is that step; while one runs, it is one more step after it (Refresher).
         """
-        key = (namespace, name)
-        with self._guard:
-            if key in self._queued:
-                return
-            if key in self._running:
-                self._again.add(key)
-                return
-            self._queued.add(key)
-        self._steps.submit(self._nudged, key)
+        self._asked.ask((namespace, name), None)
 
-    def _nudged(self, key: tuple[str, str]) -> None:
-        with self._guard:
-            self._queued.discard(key)
+    def _step_asked(self, key: tuple[str, str], _: None) -> None:
         try:
             self.step(*key, datetime.now(UTC))
         except Exception:

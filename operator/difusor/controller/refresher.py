@@ -22,16 +22,19 @@ class Refresher(Generic[K, V]):
     Asks for a key that is waiting for a thread replace its value: one call, with the latest.
     An ask while the key's call runs is one more call after it. kopf's handlers ask and return,
     so the events' objects are let go at once instead of waiting for one of kopf's threads
-    behind the reconciles (a StatefulSet changes several times as its pods come up, and each
-    of its events was a reconcile of the publication).
+    behind the reconciles: a StatefulSet's events ask for its publication's status (it changes
+    several times as its pods come up, and each of its events was a reconcile), and pods' and
+    PrepCuts' events for promotion steps (Promoter.nudge).
     """
 
-    def __init__(self, work: Callable[[K, V], None], *, threads: int = THREADS) -> None:
+    def __init__(
+        self, work: Callable[[K, V], None], *, threads: int = THREADS, name: str = "refresh"
+    ) -> None:
         self._work = work
         self._lock = threading.Lock()
         self._pending: dict[K, V] = {}
         self._running: set[K] = set()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="refresh")
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
     def ask(self, key: K, value: V) -> None:
         with self._lock:
