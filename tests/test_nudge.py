@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 from difusor.controller import handlers
 from difusor.controller.promotion import STEP_THREADS, Promoter
 from difusor.logic.promotion import Decision
-from difusor.render.labels import selector_labels
+from difusor.render.labels import STAGED_ANNOTATION, selector_labels
 
 from .conftest import released
 
@@ -103,7 +103,9 @@ def test_a_failed_step_is_logged_and_the_next_nudge_steps_again(
     assert len(promoter.steps) == 2
 
 
-def _pod(name: str, version: str) -> dict[str, Any]:
+def _pod(
+    name: str, version: str, *, staged: str = "", ip: str = "10.0.0.1", ready: bool = True
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -112,8 +114,13 @@ def _pod(name: str, version: str) -> dict[str, Any]:
             "namespace": NS,
             "resourceVersion": version,
             "labels": {**handlers.WEB_POD_LABELS, **selector_labels(PUB)},
+            "annotations": {STAGED_ANNOTATION: staged} if staged else {},
         },
-        "status": {"podIP": "10.0.0.1", "phase": "Running"},
+        "status": {
+            "podIP": ip,
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": str(ready)}],
+        },
     }
 
 
@@ -123,8 +130,8 @@ def test_a_pod_event_is_let_go_while_its_step_runs() -> None:
     promoter = Held()
     memo = kopf.Memo(promoter=promoter)
 
-    async def deliver(version: str) -> None:
-        pod = _pod(f"{PUB}-web-0", version)
+    async def deliver(version: str, staged: str = "") -> None:
+        pod = _pod(f"{PUB}-web-0", version, staged=staged)
         await handlers.pod_reported(
             event={"type": "MODIFIED", "object": pod},
             body=kopf.Body(pod),
@@ -134,7 +141,27 @@ def test_a_pod_event_is_let_go_while_its_step_runs() -> None:
 
     asyncio.run(asyncio.wait_for(deliver("10"), WAIT))
     assert promoter.started.acquire(timeout=WAIT)  # the step runs, held
-    asyncio.run(asyncio.wait_for(deliver("11"), WAIT))  # a report while it runs
+    asyncio.run(asyncio.wait_for(deliver("11", staged="20240602_2000"), WAIT))  # a report
     promoter.go.set()
     promoter.settle(2)
     assert promoter.steps == [(NS, PUB), (NS, PUB)]
+
+
+def test_pod_events_ask_for_a_step_only_when_they_change_what_a_step_reads() -> None:
+    """A new web pod's scheduling, start and readiness were a step each, and a step reads the
+    publication from the API server: its arrival, its address, its reports and its going are
+    what a step acts on."""
+    promoter = Promoter(k8s.ApiClient())
+    name = f"{PUB}-web-0"
+    seen = [
+        promoter.pod_seen(_pod(name, "1", ip="", ready=False)),  # created
+        promoter.pod_seen(_pod(name, "2", ip="", ready=False)),  # scheduled
+        promoter.pod_seen(_pod(name, "3", ready=False)),  # started: an address
+        promoter.pod_seen(_pod(name, "4")),  # ready
+        promoter.pod_seen(_pod(name, "4")),  # the same version again
+        promoter.pod_seen(_pod(name, "5", staged="20240602_2000")),  # a report
+        promoter.pod_seen(_pod(name, "6", staged="20240602_2000", ready=False)),
+        promoter.pod_seen(_pod(name, "7", staged="20240602_2000"), deleted=True),
+    ]
+    assert seen == [True, False, True, False, False, True, False, True]
+    assert promoter.pods.held(_pod(name, "8")) is None

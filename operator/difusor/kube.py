@@ -116,6 +116,10 @@ class Cluster:
         self._capabilities = (time.monotonic(), frozenset(found))
         return self._capabilities[1]
 
+    def applied_before(self, obj: Obj) -> bool:
+        """Whether this process applied the object (in any version) and it was not deleted."""
+        return _key(obj) in self._applied
+
     def apply(self, obj: Obj, *, if_changed: bool = False) -> str:
         """Server-side apply one object; returns created, updated or unchanged.
 

@@ -109,17 +109,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool, repair: bool = False) -> None:
     reconciler: Reconciler = memo.reconciler
-    outcome = reconciler.reconcile(
-        {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)},
-        repair=repair,
-    )
-    if outcome.status_patch:
-        _patch_status(
-            reconciler,
-            body.metadata.namespace or "",
-            body.metadata.name or "",
-            outcome.status_patch,
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    # The pass and the status it computed, before another pass of the publication starts.
+    with reconciler.hold(namespace, name):
+        outcome = reconciler.reconcile(
+            {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)},
+            repair=repair,
         )
+        if outcome.status_patch:
+            _patch_status(reconciler, namespace, name, outcome.status_patch)
     if outcome.invalid:
         if permanent:
             raise kopf.PermanentError(outcome.error)
@@ -174,15 +172,17 @@ def _refresh_status(
     """The status of a publication from its StatefulSet as last seen (None: read it)."""
     namespace, publication = key
     api = k8s.CustomObjectsApi(reconciler.cluster.api)
-    try:
-        owner = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, publication)
-    except k8s.ApiException as exc:
-        if exc.status == 404:
-            return
-        raise
-    outcome = reconciler.reconcile(owner, workload=workload)
-    if outcome.status_patch:
-        _patch_status(reconciler, namespace, publication, outcome.status_patch)
+    # Read after any pass of the publication under way: its status is what that pass wrote.
+    with reconciler.hold(namespace, publication):
+        try:
+            owner = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, publication)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        outcome = reconciler.reconcile(owner, workload=workload)
+        if outcome.status_patch:
+            _patch_status(reconciler, namespace, publication, outcome.status_patch)
 
 
 def _promote(memo: kopf.Memo, namespace: str | None, publication: str | None) -> None:
@@ -221,7 +221,7 @@ async def pod_reported(
 ) -> None:
     """An agent reported (staged, active) or a pod came or went: ask for the next promotion step."""
     promoter: Promoter = memo.promoter
-    if promoter.pods.saw(dict(event["object"]), deleted=_deleted(event)):
+    if promoter.pod_seen(dict(event["object"]), deleted=_deleted(event)):
         _nudge(memo, namespace, body.metadata.labels.get(INSTANCE_LABEL))
 
 

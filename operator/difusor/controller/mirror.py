@@ -94,6 +94,14 @@ class Mirror:
         with self._lock:
             return self._keep(*key, obj, deleted=deleted)
 
+    def held(self, obj: Obj) -> Obj | None:
+        """The copy kept of the object `obj` is a version of (its slim copy), if any."""
+        key = self._key(obj)
+        if key is None:
+            return None
+        with self._lock:
+            return self._groups.get(key[0], {}).get(key[1])
+
     def _keep(self, group: tuple[str, str], name: str, obj: Obj, *, deleted: bool) -> bool:
         version = _version(obj)
         held = self._groups.get(group, {}).get(name)

@@ -227,6 +227,16 @@ class Promoter:
                     self._written.popitem(last=False)
         return answer
 
+    def pod_seen(self, pod: Obj, *, deleted: bool = False) -> bool:
+        """Take a pod's watch event into the mirror; whether a step has something to look at:
+        the pod came or went, or changed what a step reads of it (its reports, its address, its
+        deletion). A new web pod's other events (scheduled, ready) asked for a step each, and
+        each step reads its publication from the API server."""
+        before = self.pods.held(pod)
+        if not self.pods.saw(pod, deleted=deleted):
+            return False
+        return deleted or before is None or _step_reads(before) != _step_reads(pod)
+
     def wrote(self, obj: Obj) -> bool:
         """Whether this version of a PrepCut is one the operator's own write made: its watch
         event brings nothing a step has not decided on. Any other version may, even one older
@@ -591,6 +601,11 @@ def pod_essentials(pod: Obj) -> Obj:
 
 def _pod_ip(pod: Obj) -> str:
     return str((pod.get("status") or {}).get("podIP") or "")
+
+
+def _step_reads(pod: Obj) -> tuple[PodView, str]:
+    """What a step reads of a pod (_pod_view, and the address it names in the rollout)."""
+    return _pod_view(pod), _pod_ip(pod)
 
 
 def _pod_view(pod: Obj) -> PodView:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -75,12 +79,50 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class KeyedLocks:
+    """One reentrant lock per key, kept while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[Hashable, tuple[threading.RLock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: Hashable) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key) or (threading.RLock(), 0)
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 class Reconciler:
     """Applies a publication's children and reports its status."""
 
-    def __init__(self, cluster: Cluster, settings: Settings) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cluster = cluster
         self.settings = settings
+        self._clock = clock
+        # One pass per publication at a time: kopf's handler, the repair timer and the status
+        # refresh of a StatefulSet's events all reconcile, and a new publication's StatefulSet
+        # changes while its first pass still applies the children after it.
+        self._passes = KeyedLocks()
+        # When each publication's last full pass began: every child sent, the owned ones
+        # listed or none possible (new). A repair within an interval of one has nothing to add.
+        self._full: dict[tuple[str, str], float] = {}
         # The children each publication had at its last prune: the same set needs no new one.
         self._pruned: dict[tuple[str, str], frozenset[tuple[str, str, str]]] = {}
         self.custom = k8s.CustomObjectsApi(cluster.api)
@@ -99,17 +141,36 @@ class Reconciler:
             component="difusor-operator",
         )
 
+    def hold(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
+        """The publication's pass lock (reentrant): a caller that reads the publication before
+        reconciling it holds it across both, so that it reads what the last pass wrote."""
+        return self._passes.hold((namespace, name))
+
     def reconcile(self, body: Obj, *, repair: bool = False, workload: Obj | None = None) -> Outcome:
         """Bring the children of one publication to its spec and compute its status.
 
         Children applied before exactly as they are wanted now are not sent again, and the
         owned children are listed for pruning only when the set wanted changed, unless
         `repair`: then every child is applied (undoing hand edits) and the owned ones listed.
+        A repair less than an interval after the start of a full pass (a repair, or the first
+        pass of a publication, which sends every child) is an ordinary pass: the next repair
+        undoes what was edited in between, so an edit lasts under two intervals.
         A publication never reconciled before (no observedGeneration) has nothing to prune.
         `workload` is the StatefulSet when the caller has it (a watch event): it is not read.
+        Passes of one publication run one at a time.
         """
         meta = body["metadata"]
+        with self.hold(meta["namespace"], meta["name"]):
+            return self._reconcile(body, repair=repair, workload=workload)
+
+    def _reconcile(self, body: Obj, *, repair: bool, workload: Obj | None) -> Outcome:
+        meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
+        started = self._clock()
+        if repair and started - self._full.get((namespace, name), -math.inf) < (
+            self.settings.reconcile_interval
+        ):
+            repair = False
         generation = int(meta.get("generation", 1))
         status: Obj = dict(body.get("status") or {})
         conditions = list(status.get("conditions") or [])
@@ -156,6 +217,8 @@ class Reconciler:
                 changes.append(f"created Secret {secret_name}")
 
         desired = render_all(spec, target)
+        # Every child goes out: this pass undoes any edit, as a repair does.
+        sends_all = repair or not any(self.cluster.applied_before(o) for o in desired)
         for obj in desired:
             kind, child = obj["kind"], obj["metadata"]["name"]
             try:
@@ -177,6 +240,8 @@ class Reconciler:
             if not apply_error:
                 self._pruned[(namespace, name)] = wanted
 
+        if sends_all and not apply_error:
+            self._full[(namespace, name)] = started
         for change in changes:
             log.info("Publication %s/%s: %s", namespace, name, change)
         if changes:

@@ -1,0 +1,126 @@
+"""The Reconciler in this process against the real API server: when a pass sends what.
+
+A new publication's first pass sends every child, as a repair does: a repair less than an
+interval after it has nothing to add, and the edit made in between is undone by the next one.
+Passes of one publication run one at a time: a StatefulSet's events refresh the status while
+the first pass still applies the children after it, and both sent those children.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from difusor import kube
+from difusor.controller.reconcile import Reconciler, Settings
+from difusor.kube import Cluster
+
+from .conftest import kubectl
+
+pytestmark = pytest.mark.cluster
+
+INTERVAL = 10.0
+TAMPERED = "# tampered"
+
+
+class Clock:
+    """The Reconciler's monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def create_publication(kubeconfig: str, namespace: str, name: str) -> dict[str, Any]:
+    doc = {
+        "apiVersion": "prep.difusor.io/v1alpha1",
+        "kind": "PrepPublication",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"host": f"{name}.example.mx", "sftp": {"authorizedKeysSecret": "keys"}},
+    }
+    out = kubectl(kubeconfig, "create", "-f", "-", "-o", "json", stdin=json.dumps(doc))
+    body: dict[str, Any] = json.loads(out)
+    return body
+
+
+def tamper(kubeconfig: str, namespace: str, name: str) -> None:
+    kubectl(kubeconfig, "-n", namespace, "patch", "configmap", f"{name}-config", "--type=merge",
+            "-p", json.dumps({"data": {"nginx.conf": TAMPERED}}))  # fmt: skip
+
+
+def nginx_conf(kubeconfig: str, namespace: str, name: str) -> str:
+    out = kubectl(kubeconfig, "-n", namespace, "get", "configmap", f"{name}-config", "-o", "json")
+    return str(json.loads(out)["data"]["nginx.conf"])
+
+
+def test_a_repair_within_an_interval_of_a_full_pass_leaves_the_edit_to_the_next_one(
+    crds: str, namespace: str, api: Any
+) -> None:
+    clock = Clock()
+    reconciler = Reconciler(Cluster(api), Settings(reconcile_interval=INTERVAL), clock=clock)
+    body = create_publication(crds, namespace, "gamma")
+
+    reconciler.reconcile(body)
+    rendered = nginx_conf(crds, namespace, "gamma")
+    assert rendered != TAMPERED
+
+    # The first pass sent every child 5 s ago: this repair is an ordinary pass.
+    tamper(crds, namespace, "gamma")
+    clock.now += INTERVAL / 2
+    reconciler.reconcile(body, repair=True)
+    assert nginx_conf(crds, namespace, "gamma") == TAMPERED
+
+    # An interval after the first pass, the repair undoes the edit.
+    clock.now += INTERVAL / 2
+    reconciler.reconcile(body, repair=True)
+    assert nginx_conf(crds, namespace, "gamma") == rendered
+
+    # Repairs an interval apart (kopf's timer sleeps the interval between them) all repair.
+    tamper(crds, namespace, "gamma")
+    clock.now += INTERVAL
+    reconciler.reconcile(body, repair=True)
+    assert nginx_conf(crds, namespace, "gamma") == rendered
+
+
+def test_passes_of_one_publication_run_one_at_a_time(
+    crds: str, namespace: str, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reconciler = Reconciler(Cluster(api), Settings(reconcile_interval=INTERVAL))
+    body = create_publication(crds, namespace, "delta")
+    applies: list[str] = []
+    first_sent = threading.Event()
+    let_go = threading.Event()
+    real_request = kube.request
+
+    def request(client: Any, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        # Every server-side apply is counted; the first one is held until the second pass
+        # has been started, so that without the lock both passes would send the children.
+        if kwargs.get("content_type") == "application/apply-patch+yaml":
+            applies.append(path)
+            if len(applies) == 1:
+                first_sent.set()
+                assert let_go.wait(10)
+        return real_request(client, method, path, **kwargs)
+
+    monkeypatch.setattr(kube, "request", request)
+    first = threading.Thread(target=reconciler.reconcile, args=(body,))
+    first.start()
+    assert first_sent.wait(30)
+    second = threading.Thread(target=reconciler.reconcile, args=(body,))
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive(), "the second pass ran beside the first"
+    let_go.set()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert not first.is_alive()
+    assert not second.is_alive()
+
+    # One apply per child: the second pass found each applied as it wants it.
+    assert len(applies) == len(set(applies)), applies
+    assert kubectl(crds, "-n", namespace, "get", "ingress", "delta", "-o", "name").strip()
