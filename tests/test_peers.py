@@ -361,3 +361,19 @@ def test_a_manifest_read_before_is_read_again_once_its_file_changes(
     write_json(path, document)
     with pytest.raises(ValueError, match="digest"):
         peers._manifest(source, "20240602_2040")
+
+
+def test_a_fetched_versions_manifest_is_kept_as_verified_on_arrival(
+    peer: tuple[Store, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next fetch indexes the local versions: the one just fetched is not read again."""
+    source, url = peer
+    digest = _ingest(source, tmp_path, "20240602_2050", seed=1)
+    target = _store(tmp_path / "b")
+    fetch_version(target, cut="20240602_2050", peer=url, token=TOKEN, expected_digest=digest)
+
+    def read_again(cut: str) -> list[ManifestEntry]:
+        raise AssertionError(f"the manifest of {cut} was read again")
+
+    monkeypatch.setattr(target, "manifest", read_again)
+    assert manifest_digest(peers._manifest(target, "20240602_2050")) == digest

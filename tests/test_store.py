@@ -20,7 +20,13 @@ import pytest
 
 from difusor.ingest import store as store_module
 from difusor.ingest.store import Quarantined, Store, Stored
-from difusor.logic.archive import META_DIR, Reason, manifest_digest
+from difusor.logic.archive import (
+    META_DIR,
+    ManifestEntry,
+    Reason,
+    canonical_manifest,
+    manifest_digest,
+)
 from difusor.models import IngestMode, IngestSpec
 from difusor.render.nginx import SWAP_COUNTER
 
@@ -387,3 +393,23 @@ def test_cut_that_would_eat_into_the_disk_reserve_is_quarantined(tmp_path: Path,
         assert store.cuts() == [FIRST]
         assert files_on_disk(store.current) == site_files(cut=FIRST)
         assert not [p for p in store.versions.iterdir() if p.name != FIRST]
+
+
+def test_the_canonical_manifest_is_json_dumps_of_each_file_whatever_its_name() -> None:
+    """The digest's bytes are built without json.dumps per file; they must stay the same."""
+    entries = [
+        ManifestEntry('a"b\\c\n\t\x01é𝄞\u2028/x.json', 0, "0" * 64),
+        ManifestEntry("ñandú/ü.csv", 10**12, "ab" * 32),
+        ManifestEntry("datos/actas/00001.csv", 1234, "cd" * 32),
+    ]
+    expected = b"".join(
+        json.dumps(
+            {"path": e.path, "sha256": e.sha256, "size": e.size},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+        + b"\n"
+        for e in sorted(entries, key=lambda e: e.path)
+    )
+    assert canonical_manifest(entries) == expected

@@ -160,6 +160,14 @@ def _manifest(store: Store, cut: str) -> list[ManifestEntry]:
     return entries
 
 
+def _remember_manifest(store: Store, cut: str, entries: list[ManifestEntry]) -> None:
+    """Keep the manifest of a version just fetched, whose digest was checked on arrival: the
+    next fetch's index would otherwise read and verify it again."""
+    path = str(store.versions / cut / META_DIR / "manifest.json")
+    info = os.stat(path)
+    _MANIFESTS[path] = ((info.st_ino, info.st_size, info.st_mtime_ns), entries)
+
+
 def _local_index(store: Store) -> dict[tuple[str, int], str]:
     """Every file of every complete local version by content, the active version's first."""
     index: dict[tuple[str, int], str] = {}
@@ -241,6 +249,7 @@ def fetch_version(
     except BaseException:
         remove(work)
         raise
+    _remember_manifest(store, cut, entries)
     return {
         "linked": linked,
         "fetched": len(entries) - linked,

@@ -211,18 +211,22 @@ def parse_checksum(text: str, archive_name: str) -> str | None:
     return None
 
 
+#: How json.dumps(..., ensure_ascii=False) writes a string (the C function when there is one).
+_json_string = json.encoder.encode_basestring
+
+
 def canonical_manifest(entries: Iterable[ManifestEntry]) -> bytes:
-    """The bytes over which a manifest digest is taken: JSON lines sorted by path."""
-    return b"".join(
-        json.dumps(
-            {"path": e.path, "sha256": e.sha256, "size": e.size},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
-        + b"\n"
+    """The bytes over which a manifest digest is taken: JSON lines sorted by path.
+
+    Each line is what `json.dumps({"path", "sha256", "size"}, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)` writes, put together from its parts: a call of
+    json.dumps per file built an encoder each time, a millisecond and a half per 500 files,
+    taken twice on every pod that fetches a version (the manifest received, then as a local one).
+    """
+    return "".join(
+        f'{{"path":{_json_string(e.path)},"sha256":{_json_string(e.sha256)},"size":{int(e.size)}}}\n'
         for e in sorted(entries, key=lambda e: e.path)
-    )
+    ).encode()
 
 
 def manifest_digest(entries: Iterable[ManifestEntry]) -> str:
