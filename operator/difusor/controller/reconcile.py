@@ -217,7 +217,8 @@ class Reconciler:
                 changes.append(f"created Secret {secret_name}")
 
         desired = render_all(spec, target)
-        # Every child goes out: this pass undoes any edit, as a repair does.
+        # Whether every child goes out (a repair, or none sent before by this process): such a
+        # pass undoes any edit, as a repair does.
         sends_all = repair or not any(self.cluster.applied_before(o) for o in desired)
         for obj in desired:
             kind, child = obj["kind"], obj["metadata"]["name"]
