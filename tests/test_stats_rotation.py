@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +75,35 @@ def _shipper(api: object, namespace: str, workdir: Path, **options: Any) -> Stat
     )
 
 
+def _reopened(workdir: Path) -> bool:
+    """Whether every nginx process writes to the live access log. The master creates the file
+    on USR1 and tells the workers, which reopen it on their next turn: a request served before
+    that is logged in the rotated file."""
+    logs = workdir / "logs"
+    if not (logs / LOG_NAME).exists():
+        return False
+    master = int((workdir / "run" / "nginx.pid").read_text())
+    processes = [master]
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == master
+            ):
+                processes.append(int(entry.name))
+    rotated = str(logs / ROTATED_NAME)
+    for pid in processes:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == rotated:
+                    return False
+    return True
+
+
+def _wait_reopened(workdir: Path) -> None:
+    wait_for("every nginx process to reopen its access log", lambda: _reopened(workdir), timeout=30)
+
+
 def _wait_removed(shipper: StatsShipper, logs: Path, what: str) -> None:
     """Take passes until the rotated log is gone."""
 
@@ -134,7 +165,7 @@ def test_a_rotated_log_goes_once_shipped_though_no_request_follows_the_rotation(
         shipper = _shipper(api, namespace, workdir)
         assert shipper.step() == 40
         assert (logs / ROTATED_NAME).exists(), "read and shipped past 4Ki: rotated"
-        wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
+        _wait_reopened(workdir)
         assert (logs / LOG_NAME).stat().st_size == 0
 
         _wait_removed(shipper, logs, "the rotated log removed with no request after it")
@@ -191,7 +222,7 @@ def test_the_pass_that_removes_the_rotated_log_rotates_the_live_one_when_it_is_d
         # The next pass comes when the grace ends, not a whole interval later.
         shipper.interval = 10.0
         assert shipper.pause() <= REOPEN_GRACE_SECONDS + 0.1
-        wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
+        _wait_reopened(workdir)
         traffic.send(40, lines=40)  # past 4Ki again
         time.sleep(REOPEN_GRACE_SECONDS + 0.2)
         assert shipper.step() == 40
@@ -262,7 +293,7 @@ def test_the_cursor_is_written_when_the_live_log_changes_not_on_every_pass(
         # Past 4Ki: rotated; the pass that takes up the reopened log writes the new generation.
         traffic.send(40, lines=44)
         assert shipper.step() == 40
-        wait_for("nginx to reopen its access log", (logs / LOG_NAME).exists, timeout=30)
+        _wait_reopened(workdir)
         traffic.send(1, lines=1)
         shipper.step()
         moved = cursor()
