@@ -149,9 +149,7 @@ def _manifest(store: Store, cut: str) -> list[ManifestEntry]:
 
     The store writes a manifest once, to a new file renamed into place, and never edits one.
     """
-    path = str(store.versions / cut / META_DIR / "manifest.json")
-    info = os.stat(path)
-    key = (info.st_ino, info.st_size, info.st_mtime_ns)
+    path, key = _manifest_file(store, cut)
     cached = _MANIFESTS.get(path)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -163,9 +161,15 @@ def _manifest(store: Store, cut: str) -> list[ManifestEntry]:
 def _remember_manifest(store: Store, cut: str, entries: list[ManifestEntry]) -> None:
     """Keep the manifest of a version just fetched, whose digest was checked on arrival: the
     next fetch's index would otherwise read and verify it again."""
+    path, key = _manifest_file(store, cut)
+    _MANIFESTS[path] = (key, entries)
+
+
+def _manifest_file(store: Store, cut: str) -> tuple[str, tuple[int, int, int]]:
+    """A local version's manifest.json and the identity its cached copy is kept under."""
     path = str(store.versions / cut / META_DIR / "manifest.json")
     info = os.stat(path)
-    _MANIFESTS[path] = ((info.st_ino, info.st_size, info.st_mtime_ns), entries)
+    return path, (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _local_index(store: Store) -> dict[tuple[str, int], str]:

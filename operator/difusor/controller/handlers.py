@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -15,7 +15,7 @@ from kubernetes import client as k8s
 
 from difusor.controller.monitor import Monitor, Watch
 from difusor.controller.promotion import Promoter
-from difusor.controller.reconcile import Reconciler, Settings, nginx_resolver
+from difusor.controller.reconcile import Outcome, Reconciler, Settings, nginx_resolver
 from difusor.controller.refresher import Refresher
 from difusor.kube import Cluster, api_client
 from difusor.metrics import OperatorMetrics
@@ -109,15 +109,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool, repair: bool = False) -> None:
     reconciler: Reconciler = memo.reconciler
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    # The pass and the status it computed, before another pass of the publication starts.
-    with reconciler.hold(namespace, name):
-        outcome = reconciler.reconcile(
-            {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)},
-            repair=repair,
-        )
-        if outcome.status_patch:
-            _patch_status(reconciler, namespace, name, outcome.status_patch)
+    outcome = _pass(
+        reconciler,
+        body.metadata.namespace or "",
+        body.metadata.name or "",
+        lambda: {
+            "metadata": dict(body.metadata),
+            "spec": dict(body.spec),
+            "status": dict(body.status),
+        },
+        repair=repair,
+    )
+    assert outcome is not None  # kopf's body is always there
     if outcome.invalid:
         if permanent:
             raise kopf.PermanentError(outcome.error)
@@ -126,6 +129,26 @@ def _run(body: kopf.Body, memo: kopf.Memo, *, permanent: bool, repair: bool = Fa
     _promote(memo, body.metadata.namespace, body.metadata.name)
     if outcome.error:
         raise kopf.TemporaryError(outcome.error, delay=10)
+
+
+def _pass(
+    reconciler: Reconciler,
+    namespace: str,
+    name: str,
+    read: Callable[[], dict[str, Any] | None],
+    **options: Any,
+) -> Outcome | None:
+    """One pass of a publication and the status it computed, under its pass lock; `read` gives
+    the publication inside the lock, so that it has what the last pass wrote. None when `read`
+    finds it gone."""
+    with reconciler.hold(namespace, name):
+        body = read()
+        if body is None:
+            return None
+        outcome = reconciler.reconcile(body, **options)
+        if outcome.status_patch:
+            _patch_status(reconciler, namespace, name, outcome.status_patch)
+        return outcome
 
 
 def _patch_status(reconciler: Reconciler, namespace: str, name: str, patch: dict[str, Any]) -> None:
@@ -172,17 +195,19 @@ def _refresh_status(
     """The status of a publication from its StatefulSet as last seen (None: read it)."""
     namespace, publication = key
     api = k8s.CustomObjectsApi(reconciler.cluster.api)
-    # Read after any pass of the publication under way: its status is what that pass wrote.
-    with reconciler.hold(namespace, publication):
+
+    def read() -> dict[str, Any] | None:
         try:
-            owner = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, publication)
+            owner: dict[str, Any] = api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, publication
+            )
         except k8s.ApiException as exc:
             if exc.status == 404:
-                return
+                return None
             raise
-        outcome = reconciler.reconcile(owner, workload=workload)
-        if outcome.status_patch:
-            _patch_status(reconciler, namespace, publication, outcome.status_patch)
+        return owner
+
+    _pass(reconciler, namespace, publication, read, workload=workload)
 
 
 def _promote(memo: kopf.Memo, namespace: str | None, publication: str | None) -> None:
