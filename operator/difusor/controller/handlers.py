@@ -17,7 +17,7 @@ from difusor.controller.monitor import Monitor, Watch
 from difusor.controller.promotion import Promoter
 from difusor.controller.reconcile import Outcome, Reconciler, Settings, nginx_resolver
 from difusor.controller.refresher import Refresher
-from difusor.kube import Cluster, api_client
+from difusor.kube import Cluster, api_client, custom_path, read
 from difusor.metrics import OperatorMetrics
 from difusor.models import GROUP, VERSION
 from difusor.render.labels import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED_BY_LABEL
@@ -194,20 +194,9 @@ def _refresh_status(
 ) -> None:
     """The status of a publication from its StatefulSet as last seen (None: read it)."""
     namespace, publication = key
-    api = k8s.CustomObjectsApi(reconciler.cluster.api)
-
-    def read() -> dict[str, Any] | None:
-        try:
-            owner: dict[str, Any] = api.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, publication
-            )
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return owner
-
-    _pass(reconciler, namespace, publication, read, workload=workload)
+    path = custom_path(namespace, PLURAL, publication)
+    read_publication = functools.partial(read, reconciler.cluster.api, path)
+    _pass(reconciler, namespace, publication, read_publication, workload=workload)
 
 
 def _promote(memo: kopf.Memo, namespace: str | None, publication: str | None) -> None:
