@@ -59,7 +59,9 @@ def test_a_publication_gets_every_child_and_becomes_ready(
         child = get(kc, namespace, kind, name.format(n="alpha"))
         assert child is not None
         owners = child["metadata"].get("ownerReferences") or []
-        assert [o["uid"] for o in owners] == [pub["metadata"]["uid"]], f"{kind} {name}"
+        # The host keys outlive the publication, as its volumes do (see the deletion test).
+        uids = [] if name == "{n}-sftp-host-keys" else [pub["metadata"]["uid"]]
+        assert [o["uid"] for o in owners] == uids, f"{kind} {name}"
     sts = get(kc, namespace, "statefulset", "alpha-web")
     assert sts is not None
     assert sts["spec"]["replicas"] == 2
@@ -222,7 +224,7 @@ def test_switching_the_edge_off_prunes_the_ingress(
     assert get(kc, namespace, "service", "eta-http") is not None
 
 
-def test_deleting_a_publication_removes_its_children_and_keeps_its_volumes(
+def test_deleting_a_publication_removes_its_children_and_keeps_its_volumes_and_host_keys(
     operator: OperatorProcess, namespace: str
 ) -> None:
     kc = operator.kubeconfig
@@ -247,6 +249,13 @@ def test_deleting_a_publication_removes_its_children_and_keeps_its_volumes(
     )
     assert get(kc, namespace, "pvc", "content-theta-web-0") is not None
     assert get(kc, namespace, "pvc", "content-theta-web-1") is not None
+    # The SFTP host keys stay too: applied again, the publication is the same host to the
+    # uploader. The agents' token goes with the publication.
+    wait_for(
+        "iota's agent token gone", lambda: get(kc, namespace, "secret", "iota-agent-token") is None
+    )
+    for name in ("theta", "iota"):
+        assert get(kc, namespace, "secret", f"{name}-sftp-host-keys") is not None
 
 
 def test_an_operator_killed_mid_reconcile_converges_after_restart(

@@ -4,6 +4,8 @@ A new publication's first pass sends every child, as a repair does: a repair les
 interval after it has nothing to add, and the edit made in between is undone by the next one.
 Passes of one publication run one at a time: a StatefulSet's events refresh the status while
 the first pass still applies the children after it, and both sent those children.
+A publication deleted and made again under its name is a new one: what the process remembers
+of the old one (its Secrets found, its children sent) does not stand for the new one's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from difusor import kube
 from difusor.controller.reconcile import Reconciler, Settings
 from difusor.kube import Cluster
 
-from .conftest import kubectl
+from .conftest import kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -34,6 +36,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def clocked(api: Any) -> tuple[Clock, Reconciler]:
+    """A Reconciler in this process whose clock the test moves."""
+    clock = Clock()
+    return clock, Reconciler(Cluster(api), Settings(reconcile_interval=INTERVAL), clock=clock)
 
 
 def create_publication(kubeconfig: str, namespace: str, name: str) -> dict[str, Any]:
@@ -61,8 +69,7 @@ def nginx_conf(kubeconfig: str, namespace: str, name: str) -> str:
 def test_a_repair_within_an_interval_of_a_full_pass_leaves_the_edit_to_the_next_one(
     crds: str, namespace: str, api: Any
 ) -> None:
-    clock = Clock()
-    reconciler = Reconciler(Cluster(api), Settings(reconcile_interval=INTERVAL), clock=clock)
+    clock, reconciler = clocked(api)
     body = create_publication(crds, namespace, "gamma")
 
     reconciler.reconcile(body)
@@ -124,3 +131,62 @@ def test_passes_of_one_publication_run_one_at_a_time(
     # One apply per child: the second pass found each applied as it wants it.
     assert len(applies) == len(set(applies)), applies
     assert kubectl(crds, "-n", namespace, "get", "ingress", "delta", "-o", "name").strip()
+
+
+def owner_uid(kubeconfig: str, namespace: str, kind: str, name: str) -> str | None:
+    """The uid of the publication that owns an object; None when there is no such object."""
+    out = kubectl(
+        kubeconfig, "-n", namespace, "get", kind, name, "-o", "json", "--ignore-not-found"
+    )
+    if not out.strip():
+        return None
+    refs = json.loads(out)["metadata"].get("ownerReferences") or [{}]
+    return str(refs[0].get("uid"))
+
+
+def test_a_publication_made_again_under_its_name_gets_its_secrets_and_children_again(
+    crds: str, namespace: str, api: Any
+) -> None:
+    clock, reconciler = clocked(api)
+    first = create_publication(crds, namespace, "epsilon")
+    reconciler.reconcile(first)
+    owned = [("secret", "epsilon-agent-token"), ("configmap", "epsilon-config"),
+             ("statefulset", "epsilon-web")]  # fmt: skip
+    for kind, child in owned:
+        assert owner_uid(crds, namespace, kind, child) == first["metadata"]["uid"], child
+    host_keys = secret_data(crds, namespace, "epsilon-sftp-host-keys")
+    assert "ssh_host_ed25519_key" in host_keys
+
+    # Deleted: the garbage collector removes everything it owned; the host keys stay.
+    kubectl(crds, "-n", namespace, "delete", "preppublication", "epsilon", "--cascade=foreground")
+    wait_for(
+        "the old publication's children gone",
+        lambda: all(owner_uid(crds, namespace, k, c) is None for k, c in owned) or None,
+        timeout=60,
+    )
+    assert secret_data(crds, namespace, "epsilon-sftp-host-keys") == host_keys
+
+    # Made again a moment later, with the operator still running: its first, ordinary pass
+    # creates the agent token and sends every child for the new one, and the uploader finds
+    # the same host keys.
+    second = create_publication(crds, namespace, "epsilon")
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    clock.now += 1
+    reconciler.reconcile(second)
+    for kind, child in owned:
+        assert owner_uid(crds, namespace, kind, child) == second["metadata"]["uid"], child
+    assert secret_data(crds, namespace, "epsilon-sftp-host-keys") == host_keys
+
+    # Its first pass sent every child: a repair a moment later is an ordinary pass, as for
+    # any new publication (the old publication's passes do not count for it).
+    tamper(crds, namespace, "epsilon")
+    clock.now += 1
+    reconciler.reconcile(second, repair=True)
+    assert nginx_conf(crds, namespace, "epsilon") == TAMPERED
+
+
+def secret_data(kubeconfig: str, namespace: str, name: str) -> dict[str, str]:
+    out = kubectl(kubeconfig, "-n", namespace, "get", "secret", name, "-o", "json")
+    secret = json.loads(out)
+    assert not secret["metadata"].get("ownerReferences"), "the host keys are owned"
+    return dict(secret["data"])

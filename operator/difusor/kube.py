@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,6 +119,13 @@ class Cluster:
     def applied_before(self, obj: Obj) -> bool:
         """Whether this process applied the object (in any version) and it was not deleted."""
         return _key(obj) in self._applied
+
+    def forget(self, objs: Iterable[Obj] = (), keys: Iterable[ObjectKey] = ()) -> None:
+        """Drop what this process remembers of these objects (applied, or found present): their
+        owner was deleted and made again, and the garbage collector removes what it owned."""
+        for key in [*map(_key, objs), *keys]:
+            self._applied.pop(key, None)
+            self._present.discard(key)
 
     def apply(self, obj: Obj, *, if_changed: bool = False) -> str:
         """Server-side apply one object; returns created, updated or unchanged.

@@ -8,7 +8,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from difusor.controller import secrets
-from difusor.kube import Cluster, core_path, publication_event, read
+from difusor.kube import Cluster, ObjectKey, core_path, publication_event, read
 from difusor.logic.conditions import Observation, compute_conditions
 from difusor.logic.window import window_status
 from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase
@@ -125,6 +125,9 @@ class Reconciler:
         self._full: dict[tuple[str, str], float] = {}
         # The children each publication had at its last prune: the same set needs no new one.
         self._pruned: dict[tuple[str, str], frozenset[tuple[str, str, str]]] = {}
+        # The uid each publication had at its last pass. A new one under the same name (deleted
+        # and applied again) starts with nothing remembered: its agent token was the old one's.
+        self._uids: dict[tuple[str, str], str] = {}
         self.custom = k8s.CustomObjectsApi(cluster.api)
         # Reconciles run in several handler threads at once; window transitions are recorded
         # by one at a time, from the status as stored, so each Event is said once.
@@ -155,7 +158,8 @@ class Reconciler:
         A repair less than an interval after the start of a full pass (a repair, or the first
         pass of a publication, which sends every child) is an ordinary pass: the next repair
         undoes what was edited in between, so an edit lasts under two intervals.
-        A publication never reconciled before (no observedGeneration) has nothing to prune.
+        A publication never reconciled before (no observedGeneration) has nothing to prune;
+        one deleted and applied again under its name (another uid) is new to this process.
         `workload` is the StatefulSet when the caller has it (a watch event): it is not read.
         Passes of one publication run one at a time.
         """
@@ -206,17 +210,19 @@ class Reconciler:
         changes: list[str] = []
         apply_error: str | None = None
         names = Names(name)
-        for build, secret_name in (
-            (secrets.host_keys_secret, names.host_keys),
-            (secrets.agent_token_secret, names.agent_token),
-        ):
-            key = ("v1", "Secret", namespace, secret_name)
+        desired = render_all(spec, target)
+        # The Secrets generated once, by what the cluster client knows them as.
+        generated: dict[ObjectKey, Callable[[Target], Obj]] = {
+            ("v1", "Secret", namespace, names.host_keys): secrets.host_keys_secret,
+            ("v1", "Secret", namespace, names.agent_token): secrets.agent_token_secret,
+        }
+        self._forget_if_new(meta, desired, generated)
+        for key, build in generated.items():
             if self.cluster.create_if_absent(
                 key, functools.partial(build, target), if_unknown=not repair
             ):
-                changes.append(f"created Secret {secret_name}")
+                changes.append(f"created Secret {key[3]}")
 
-        desired = render_all(spec, target)
         # Whether every child goes out (a repair, or none sent before by this process): such a
         # pass undoes any edit, as a repair does.
         sends_all = repair or not any(self.cluster.applied_before(o) for o in desired)
@@ -325,6 +331,23 @@ class Reconciler:
                 "does not exist: until the window opens readers get 404"
             )
         return None
+
+    def _forget_if_new(self, meta: Obj, desired: list[Obj], generated: Iterable[ObjectKey]) -> None:
+        """Forget an earlier publication of this name, when this one has another uid.
+
+        Deleted and applied again while the operator runs, a publication found its agent token
+        "created before" and its children "sent before": the pods waited for a Secret the
+        garbage collector had removed until a repair, and the old publication's last full pass
+        made the new one's first repair an ordinary pass. (The host keys are owned by no
+        publication and stay; they are looked up again all the same.)
+        """
+        key = (meta["namespace"], meta["name"])
+        uid = str(meta.get("uid") or "")
+        if self._uids.get(key, uid) != uid:
+            self.cluster.forget(desired, generated)
+            self._full.pop(key, None)
+            self._pruned.pop(key, None)
+        self._uids[key] = uid
 
     def _statefulset(self, name: str, namespace: str) -> Obj | None:
         return read(self.cluster.api, f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}")

@@ -53,13 +53,21 @@ def _secret(target: Target, name: str, data: dict[str, bytes], note: str) -> Obj
 
 
 def host_keys_secret(target: Target) -> Obj:
-    """The SFTP host keys shared by every pod (so the uploader sees one host)."""
-    return _secret(
+    """The SFTP host keys shared by every pod (so the uploader sees one host).
+
+    Owned by no publication: like the content volumes, they stay when the publication is
+    deleted, and a publication applied again under its name is the same host to the uploader's
+    known_hosts. Owned, they went with it, and the institute's client met new keys.
+    """
+    secret = _secret(
         target,
         Names(target.name).host_keys,
         host_key_files(),
-        "SFTP host keys, generated once; delete the Secret to rotate them",
+        "SFTP host keys, generated once and kept when the publication is deleted; "
+        "delete the Secret to rotate them",
     )
+    secret["metadata"].pop("ownerReferences", None)
+    return secret
 
 
 def agent_token_secret(target: Target) -> Obj:
