@@ -91,7 +91,7 @@ def with_status(kubeconfig: str, namespace: str) -> int:
 def host_key_secrets(n: int, namespace: str) -> str:
     """The host-key Secrets of pub000..pubN-1, as the operator makes them (one key set, copied:
     only the bench shares keys between publications)."""
-    first = json.dumps(host_keys_secret(Target(name="pub000", namespace=namespace)))
+    first = json.dumps(host_keys_secret(Target(name="pub000", namespace=namespace), []))
     return "---\n".join(
         yaml.safe_dump(json.loads(first.replace('"pub000', f'"pub{i:03d}'))) for i in range(n)
     )

@@ -249,13 +249,12 @@ def test_deleting_a_publication_removes_its_children_and_keeps_its_volumes_and_h
     )
     assert get(kc, namespace, "pvc", "content-theta-web-0") is not None
     assert get(kc, namespace, "pvc", "content-theta-web-1") is not None
-    # The SFTP host keys stay too: applied again, the publication is the same host to the
-    # uploader. The agents' token goes with the publication.
-    wait_for(
-        "iota's agent token gone", lambda: get(kc, namespace, "secret", "iota-agent-token") is None
-    )
-    for name in ("theta", "iota"):
-        assert get(kc, namespace, "secret", f"{name}-sftp-host-keys") is not None
+    # The SFTP host keys stay with the volumes: applied again, theta is the same host to the
+    # uploader. The agents' token goes with the publication; iota's host keys go with its
+    # volumes.
+    for secret in ("iota-agent-token", "iota-sftp-host-keys", "theta-agent-token"):
+        wait_for(f"{secret} gone", lambda s=secret: get(kc, namespace, "secret", s) is None)
+    assert get(kc, namespace, "secret", "theta-sftp-host-keys") is not None
 
 
 def test_an_operator_killed_mid_reconcile_converges_after_restart(

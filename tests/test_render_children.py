@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 import yaml
 
+from difusor.controller.secrets import host_keys_secret
 from difusor.models import PrepPublicationSpec
-from difusor.render.children import GATEWAY, TRAEFIK, Target, render_all
+from difusor.render.children import (
+    GATEWAY,
+    TRAEFIK,
+    Target,
+    host_keys_owners,
+    render_all,
+    secret_placeholders,
+)
 from difusor.render.preview import render_stream
 
 from .conftest import REPO
@@ -80,6 +88,20 @@ def test_replicas_and_storage_reach_the_statefulset() -> None:
 def test_pvcs_are_retained_by_default() -> None:
     sts = _one(render_all(_spec(), TARGET), "StatefulSet")
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_the_host_keys_go_with_the_publication_only_when_the_volumes_do(retain: bool) -> None:
+    spec = _spec(storage={"retainOnDelete": retain})
+    owners = [] if retain else ["u-1"]
+    keys, token = secret_placeholders(spec, TARGET)
+    assert keys["metadata"]["name"] == "p-sftp-host-keys"
+    assert [o["uid"] for o in keys["metadata"].get("ownerReferences", [])] == owners
+    # The agents' token is the publication's either way.
+    assert [o["uid"] for o in token["metadata"]["ownerReferences"]] == ["u-1"]
+    made = host_keys_secret(TARGET, host_keys_owners(spec, TARGET))
+    assert [o["uid"] for o in made["metadata"].get("ownerReferences", [])] == owners
+    assert {"ssh_host_rsa_key", "ssh_host_ed25519_key.pub"} <= set(made["data"])
 
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:

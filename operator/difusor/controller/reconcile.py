@@ -21,7 +21,7 @@ from difusor.kube import Cluster, ObjectKey, core_path, publication_event, read
 from difusor.logic.conditions import Observation, compute_conditions
 from difusor.logic.window import window_status
 from difusor.models import GROUP, VERSION, PrepPublicationSpec, WindowPhase
-from difusor.render.children import Target, managed_kinds, render_all
+from difusor.render.children import Target, host_keys_owners, managed_kinds, render_all
 from difusor.render.files import config_files
 from difusor.render.labels import Names, selector_string
 from difusor.render.nginx import CURRENT_RESOLVERS, CurrentResolver
@@ -212,15 +212,17 @@ class Reconciler:
         names = Names(name)
         desired = render_all(spec, target)
         # The Secrets generated once, by what the cluster client knows them as.
-        generated: dict[ObjectKey, Callable[[Target], Obj]] = {
-            ("v1", "Secret", namespace, names.host_keys): secrets.host_keys_secret,
-            ("v1", "Secret", namespace, names.agent_token): secrets.agent_token_secret,
+        generated: dict[ObjectKey, Callable[[], Obj]] = {
+            ("v1", "Secret", namespace, names.host_keys): functools.partial(
+                secrets.host_keys_secret, target, host_keys_owners(spec, target)
+            ),
+            ("v1", "Secret", namespace, names.agent_token): functools.partial(
+                secrets.agent_token_secret, target
+            ),
         }
         self._forget_if_new(meta, desired, generated)
         for key, build in generated.items():
-            if self.cluster.create_if_absent(
-                key, functools.partial(build, target), if_unknown=not repair
-            ):
+            if self.cluster.create_if_absent(key, build, if_unknown=not repair):
                 changes.append(f"created Secret {key[3]}")
 
         # Whether every child goes out (a repair, or none sent before by this process): such a
@@ -338,7 +340,7 @@ class Reconciler:
         Deleted and applied again while the operator runs, a publication found its agent token
         "created before" and its children "sent before": the pods waited for a Secret the
         garbage collector had removed until a repair, and the old publication's last full pass
-        made the new one's first repair an ordinary pass. (The host keys are owned by no
+        made the new one's first repair an ordinary pass. (Host keys kept on delete are owned by no
         publication and stay; they are looked up again all the same.)
         """
         key = (meta["namespace"], meta["name"])

@@ -52,21 +52,24 @@ def _secret(target: Target, name: str, data: dict[str, bytes], note: str) -> Obj
     }
 
 
-def host_keys_secret(target: Target) -> Obj:
+def host_keys_secret(target: Target, owners: list[Obj]) -> Obj:
     """The SFTP host keys shared by every pod (so the uploader sees one host).
 
-    Owned by no publication: like the content volumes, they stay when the publication is
-    deleted, and a publication applied again under its name is the same host to the uploader's
-    known_hosts. Owned, they went with it, and the institute's client met new keys.
+    `owners` is `host_keys_owners`: none while the volumes are kept on delete (the default),
+    so that a publication applied again under its name is the same host to the uploader's
+    known_hosts. They are set when the Secret is made: the operator creates and reads Secrets,
+    and may change none.
     """
     secret = _secret(
         target,
         Names(target.name).host_keys,
         host_key_files(),
-        "SFTP host keys, generated once and kept when the publication is deleted; "
-        "delete the Secret to rotate them",
+        "SFTP host keys, generated once and kept, with the volumes, when the publication is "
+        "deleted; delete the Secret to rotate them",
     )
     secret["metadata"].pop("ownerReferences", None)
+    if owners:
+        secret["metadata"]["ownerReferences"] = owners
     return secret
 
 

@@ -240,19 +240,26 @@ def config_map(target: Target) -> Obj:
     }
 
 
-def secret_placeholders(target: Target) -> list[Obj]:
+def host_keys_owners(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
+    """The ownerReferences of the SFTP host-keys Secret: none while the volumes are kept on
+    delete (`storage.retainOnDelete`, the default), so that the publication applied again under
+    its name is the same host to the uploader's known_hosts; the publication otherwise, and the
+    keys go with it as the volumes do."""
+    if spec.storage.retain_on_delete or not target.uid:
+        return []
+    return [owner_reference(target.name, target.uid)]
+
+
+def secret_placeholders(spec: PrepPublicationSpec, target: Target) -> list[Obj]:
     """The Secrets the operator generates once and keeps (shown by `render` without their data)."""
     names = Names(target.name)
     note = "generated once by the operator and kept; data not shown"
+    host_keys = child_meta(target, names.host_keys, annotations={GENERATED_ANNOTATION: note})
+    host_keys.pop("ownerReferences", None)
+    if owners := host_keys_owners(spec, target):
+        host_keys["ownerReferences"] = owners
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": child_meta(
-                target, names.host_keys, annotations={GENERATED_ANNOTATION: note}
-            ),
-            "type": "Opaque",
-        },
+        {"apiVersion": "v1", "kind": "Secret", "metadata": host_keys, "type": "Opaque"},
         {
             "apiVersion": "v1",
             "kind": "Secret",

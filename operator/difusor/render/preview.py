@@ -63,7 +63,7 @@ def render_stream(
             capabilities=frozenset(capabilities or ()),
             files=config_files(spec, name=name),
         )
-        objects = [*secret_placeholders(target), *render_all(spec, target)]
+        objects = [*secret_placeholders(spec, target), *render_all(spec, target)]
         dumped = [_dump(obj) for obj in objects]
         if spec.window is not None and now is not None:
             window = spec.window
