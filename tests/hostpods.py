@@ -9,9 +9,10 @@ nginx.conf and sshd_config to those directories, and starts the real nginx, `dif
 readiness into the pod's status from the real probes, restarts a process that dies, and kills
 the processes when the pod is deleted. Traffic only ever goes to 127.0.0.0/8.
 
-Probes run as often as a kubelet runs them: a container is probed on every turn of the loop
-until it first passes (the kubelet's startup probe, and its immediate readiness probe once
-started), then every `periodSeconds` of its readinessProbe. Probing every pod five times a
+Probes run as a kubelet runs them: a container is probed on every turn of the loop until it
+first passes (the kubelet's startup probe, and its immediate readiness probe once started),
+then every `periodSeconds` of its readinessProbe, with its `timeoutSeconds`, and it leaves the
+endpoints only after `failureThreshold` failures in a row. Probing every pod five times a
 second, as the harness once did, made each pod's sshd fork a session for every probe: 0.4 of
 this machine's two cores at 10 idle pods, 0.7 at 30, taken from the pods the benches time.
 Like a kubelet, it learns of its pods and of the claims to bind from watches (`_Informer`), not
@@ -123,6 +124,10 @@ class HostPod:
     probed: dict[str, tuple[bool, float]] = field(default_factory=dict)
     #: Containers that have passed a probe since they (re)started.
     passed: set[str] = field(default_factory=set)
+    #: Each container's probes failed in a row since its last success.
+    failures: dict[str, int] = field(default_factory=dict)
+    #: Probes of started containers that failed, in all (what a bench may report).
+    failed_probes: int = 0
 
     def url(self, path: str = "/") -> str:
         """The pod's nginx, as a reader would reach it."""
@@ -421,6 +426,7 @@ class Harness:
                 proc.start()
                 # A restarted container starts over, as after its startup probe.
                 pod.passed.discard(proc.name)
+                pod.failures.pop(proc.name, None)
 
     # --- starting a pod -------------------------------------------------------------------
 
@@ -600,11 +606,8 @@ class Harness:
     # --- status ---------------------------------------------------------------------------
 
     def _report(self, pod: k8s.V1Pod, host: HostPod) -> None:
-        periods = {
-            c.name: c.readiness_probe.period_seconds if c.readiness_probe else None
-            for c in pod.spec.containers
-        }
-        ready = {name: _probe(host, name, periods.get(name)) for name in _PROBES}
+        probes = {c.name: c.readiness_probe for c in pod.spec.containers}
+        ready = {name: _probe(host, name, probes.get(name)) for name in _PROBES}
         all_ready = all(ready.values())
         if host.ready == all_ready and pod.status.phase == "Running":
             return
@@ -638,35 +641,46 @@ class Harness:
         host.ready = all_ready
 
 
-#: What each container's readinessProbe asks, by container (the rendered pod's probes).
-_PROBES = {
-    "nginx": lambda ip: _http_ok(ip, HTTP_PORT, "/readyz"),
-    "agent": lambda ip: _http_ok(ip, AGENT_PORT, "/readyz"),
-    "sftp": lambda ip: _tcp_ok(ip, SFTP_PORT),
+#: What each container's readinessProbe asks, by container (the rendered pod's probes), with
+#: the probe's timeout in seconds.
+_PROBES: dict[str, Callable[[str, float], bool]] = {
+    "nginx": lambda ip, timeout: _http_ok(ip, HTTP_PORT, "/readyz", timeout),
+    "agent": lambda ip, timeout: _http_ok(ip, AGENT_PORT, "/readyz", timeout),
+    "sftp": lambda ip, timeout: _tcp_ok(ip, SFTP_PORT, timeout),
 }
 
 
-def _probe(host: HostPod, name: str, period: int | None) -> bool:
-    """One container's readiness now: probed on every turn until it first passes, then every
-    `period` seconds (the Kubernetes default of 10 when the spec gives none)."""
+def _probe(host: HostPod, name: str, spec: k8s.V1Probe | None) -> bool:
+    """One container's readiness now, as a kubelet has it: probed on every turn until it first
+    passes, then every `periodSeconds`, each probe given `timeoutSeconds`; once it has passed,
+    it is unready only after `failureThreshold` failures in a row (the Kubernetes defaults,
+    10 s, 1 s and 3, where the spec gives none)."""
+    period = (spec.period_seconds if spec else None) or 10
+    timeout = (spec.timeout_seconds if spec else None) or 1
+    threshold = (spec.failure_threshold if spec else None) or 3
     last = host.probed.get(name)
     now = time.monotonic()
-    if last is not None and name in host.passed and now - last[1] < (period or 10):
+    if last is not None and name in host.passed and now - last[1] < period:
         return last[0]
-    ok: bool = _PROBES[name](host.ip)
-    host.probed[name] = (ok, now)
-    if ok:
+    ready = _PROBES[name](host.ip, timeout)
+    if ready:
         host.passed.add(name)
-    return ok
+        host.failures[name] = 0
+    elif name in host.passed:
+        host.failed_probes += 1
+        host.failures[name] = host.failures.get(name, 0) + 1
+        ready = host.failures[name] < threshold
+    host.probed[name] = (ready, now)
+    return ready
 
 
 def _uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
 
 
-def _http_ok(ip: str, port: int, path: str) -> bool:
+def _http_ok(ip: str, port: int, path: str, timeout: float = 1) -> bool:
     try:
-        conn = http.client.HTTPConnection(ip, port, timeout=1)
+        conn = http.client.HTTPConnection(ip, port, timeout=timeout)
         conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
@@ -676,9 +690,9 @@ def _http_ok(ip: str, port: int, path: str) -> bool:
         return False
 
 
-def _tcp_ok(ip: str, port: int) -> bool:
+def _tcp_ok(ip: str, port: int, timeout: float = 1) -> bool:
     with socket.socket() as sock:
-        sock.settimeout(1)
+        sock.settimeout(timeout)
         return sock.connect_ex((ip, port)) == 0
 
 
