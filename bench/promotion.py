@@ -17,7 +17,11 @@ cut as every pod's target, saw the first and the last other pod report the cut s
 committed it; `moved_mb` = bytes of the cut's new files written on the pods that fetched it
 (files they already had are hard links, not fetched); `agent_rss_mb_p50` = the agents' resident memory
 after the last promotion; `api_requests_per_promotion` = requests the API server answered
-per promotion (its own counters, all callers), the largest kinds by verb and resource.
+per promotion (its own counters, all callers), the largest kinds by verb and resource;
+`cpu_s_p50` = from the rename to the last pod serving, the CPU-seconds the whole machine was busy
+(/proc/stat), the agents' share, and the busy cores (the two cores saturated: 2.0);
+`failed_probes` = readiness probes of the pods' started containers that failed during the run
+(a pod leaves the endpoints after two in a row, as with a kubelet).
 `--history N` records N earlier cuts of the night before the first
 one (PrepCuts Superseded, every pod's report and a purge on each, as the operator leaves them):
 the 288th cut of a night with one every five minutes is `--history 287`.
@@ -62,6 +66,8 @@ from difusor.render.labels import PUBLICATION_LABEL  # noqa: E402
 PUB = "prep-bench"
 #: How often each pod's main.json is asked for while a promotion is timed.
 POLL_S = 0.01
+#: Clock ticks per second of /proc/stat and /proc/<pid>/stat.
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Poller:
@@ -222,6 +228,29 @@ def upload(
         raise RuntimeError(f"sftp failed: {proc.stderr}")
 
 
+def busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has been busy since boot (every core; /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / TICKS
+
+
+def agents_cpu_s(pods: list[HostPod]) -> float:
+    """CPU-seconds the pods' agents have used (utime + stime of each agent process)."""
+    total = 0
+    for pod in pods:
+        proc = pod.procs.get("agent")
+        if proc is None or proc.popen is None:
+            continue
+        try:
+            stat = Path(f"/proc/{proc.popen.pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
 def _since(stamp: str | None, done: float) -> float | None:
     if not stamp:
         return None
@@ -316,6 +345,9 @@ def promote_once(
     running = harness.running()
     firsts: dict[str, float] = {}
     stop = threading.Event()
+    # CPU-seconds (the machine's busy time, the agents') at the rename and at the last pod
+    # serving: whether the two cores, not the protocol, set the pace.
+    cpu: dict[str, float] = {}
 
     def watch() -> None:
         # One thread asks every pod at once (a request written to each, then each answer
@@ -328,6 +360,8 @@ def promote_once(
                 if poller.answer() == cut_id:
                     firsts[name] = time.monotonic()
                     pollers.pop(name).close()
+                    if not pollers:
+                        cpu.update(busy_end=busy_cpu_s(), agents_end=agents_cpu_s(running))
             time.sleep(POLL_S)
         for poller in pollers.values():
             poller.close()
@@ -336,6 +370,7 @@ def promote_once(
     thread.start()
     upload(harness, receiver, archive, key=key, known_hosts=known_hosts, mbps=mbps)
     done, done_wall = time.monotonic(), time.time()
+    cpu.update(busy=busy_cpu_s(), agents=agents_cpu_s(running))
     name = f"{PUB}-{cut_id.replace('_', '-')}"
     thread.join(timeout=300)
     stop.set()
@@ -348,6 +383,8 @@ def promote_once(
         **steps,
         "serving_s": max(firsts.values()) - done,
         "skew_s": max(firsts.values()) - min(firsts.values()),
+        "cpu_s": cpu["busy_end"] - cpu["busy"],
+        "agents_cpu_s": cpu["agents_end"] - cpu["agents"],
         "moved_mb": fetched / 1_000_000,
         "receiver_wrote_mb": moved_bytes(receiver, cut_id) / 1_000_000,
     }
@@ -424,6 +461,7 @@ def run_size(
             archive.unlink()
         requests = requests_per_promotion(counted, api_requests(kubeconfig), promotions)
         rss = [m for p in harness.running() if (m := agent_rss_mb(p)) is not None]
+        failed_probes = sum(p.failed_probes for p in harness.running())
     finally:
         harness.stop()
         kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
@@ -459,6 +497,13 @@ def run_size(
         },
         "skew_s": {"p50": percentile(skew, 0.5), "p99": percentile(skew, 0.99)},
         "serving_s_each": [round(s, 3) for s in serving],
+        # From the rename to the last pod serving: the machine's busy CPU-seconds (all its
+        # processes), the agents' share, and the busy cores (the first over serving_s).
+        "cpu_s_p50": {
+            "machine": percentile([r["cpu_s"] for r in results], 0.5),
+            "agents": percentile([r["agents_cpu_s"] for r in results], 0.5),
+            "busy_cores": percentile([r["cpu_s"] / r["serving_s"] for r in results], 0.5),
+        },
         # Medians, in seconds after the rename, of when each step happened (see phases()).
         "timeline_p50": {
             k: percentile([r[k] for r in results if k in r], 0.5)
@@ -470,6 +515,7 @@ def run_size(
             statistics.median(serving) / max(statistics.median(verify), 1e-6), 2
         ),
         "agent_rss_mb_p50": round(statistics.median(rss), 1) if rss else None,
+        "failed_probes": failed_probes,
         "api_requests_per_promotion": requests,
         "meets_goal": percentile(serving, 0.99) < 1.0 and percentile(skew, 0.99) < 0.2,
     }
