@@ -8,6 +8,9 @@
 #   hack/cluster.sh kubeconfig [NAME]
 #
 # NAME defaults to $DIFUSOR_CLUSTER or "difusor". Fake nodes: $DIFUSOR_NODES (default 2).
+# DIFUSOR_ENDPOINTS=off starts the controller manager without the Endpoints and EndpointSlice
+# controllers (the benches' clusters): host pods have loopback IPs, which an endpoint address
+# may not be, and those controllers' updates were refused (422) and retried on every pod change.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,7 +57,19 @@ up() {
     fi
     if ! healthy; then
       log "creating cluster $NAME (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)"
-      "$BIN/kwokctl" --name "$NAME" -c "$HERE/kwokctl.yaml" create cluster \
+      local config="$HERE/kwokctl.yaml"
+      if [[ "${DIFUSOR_ENDPOINTS:-on}" == off ]]; then
+        mkdir -p "$KWOK_WORKDIR"
+        config="$KWOK_WORKDIR/kwokctl-$NAME.yaml"
+        # componentsPatches is the file's last key: one more patch goes at its end.
+        cat "$HERE/kwokctl.yaml" - >"$config" <<'YAML'
+  - name: kube-controller-manager
+    extraArgs:
+      - key: controllers
+        value: "*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller"
+YAML
+      fi
+      "$BIN/kwokctl" --name "$NAME" -c "$config" create cluster \
         --runtime binary \
         --kube-authorization --kube-admission \
         --kubeconfig "$CLUSTER_DIR.kubeconfig" \
