@@ -97,7 +97,7 @@ YAML
 down() {
   if [[ -d "$CLUSTER_DIR" ]]; then
     "$BIN/kwokctl" --name "$NAME" delete cluster >&2
-    rm -f "$CLUSTER_DIR.kubeconfig"
+    rm -f "$CLUSTER_DIR.kubeconfig" "$KWOK_WORKDIR/kwokctl-$NAME.yaml"
     log "cluster $NAME stopped"
   else
     log "cluster $NAME is not running"
