@@ -64,9 +64,11 @@ def host_keys_secret(target: Target, owners: list[Obj]) -> Obj:
         target,
         Names(target.name).host_keys,
         host_key_files(),
-        "SFTP host keys, generated once and kept, with the volumes, when the publication is "
-        "deleted; delete the Secret to rotate them",
-    )
+        "SFTP host keys, generated once and "
+        + ("deleted with the publication, as its volumes are" if owners else
+           "kept, with the volumes, when the publication is deleted")
+        + "; delete the Secret to rotate them",
+    )  # fmt: skip
     secret["metadata"].pop("ownerReferences", None)
     if owners:
         secret["metadata"]["ownerReferences"] = owners
