@@ -122,9 +122,8 @@ class HostPod:
     started_at: str = field(default_factory=_now)
     #: Each container's last probe: (passed, time.monotonic() of the probe).
     probed: dict[str, tuple[bool, float]] = field(default_factory=dict)
-    #: Containers that have passed a probe since they (re)started.
-    passed: set[str] = field(default_factory=set)
-    #: Each container's probes failed in a row since its last success.
+    #: Containers that have passed a probe since they (re)started, with the probes they have
+    #: failed in a row since their last success.
     failures: dict[str, int] = field(default_factory=dict)
     #: Probes of started containers that failed, in all (what a bench may report).
     failed_probes: int = 0
@@ -425,7 +424,6 @@ class Harness:
                 proc.restarts += 1
                 proc.start()
                 # A restarted container starts over, as after its startup probe.
-                pod.passed.discard(proc.name)
                 pod.failures.pop(proc.name, None)
 
     # --- starting a pod -------------------------------------------------------------------
@@ -660,15 +658,14 @@ def _probe(host: HostPod, name: str, spec: k8s.V1Probe | None) -> bool:
     threshold = (spec.failure_threshold if spec else None) or 3
     last = host.probed.get(name)
     now = time.monotonic()
-    if last is not None and name in host.passed and now - last[1] < period:
+    if last is not None and name in host.failures and now - last[1] < period:
         return last[0]
     ready = _PROBES[name](host.ip, timeout)
     if ready:
-        host.passed.add(name)
         host.failures[name] = 0
-    elif name in host.passed:
+    elif name in host.failures:
         host.failed_probes += 1
-        host.failures[name] = host.failures.get(name, 0) + 1
+        host.failures[name] += 1
         ready = host.failures[name] < threshold
     host.probed[name] = (ready, now)
     return ready
