@@ -19,7 +19,8 @@ committed it; `moved_mb` = bytes of the cut's new files written on the pods that
 after the last promotion; `api_requests_per_promotion` = requests the API server answered
 per promotion (its own counters, all callers), the largest kinds by verb and resource;
 `cpu_s_p50` = from the rename to the last pod serving, the CPU-seconds the whole machine was busy
-(/proc/stat), the agents' share, and the busy cores (the two cores saturated: 2.0);
+(/proc/stat), each kind of process's share (agents, operator, API server, etcd, controllers,
+nginx, sshd, this process's harness and pollers, other) and the busy cores (saturated: 2.0);
 `failed_probes` = readiness probes of the pods' started containers that failed during the run
 (a pod leaves the endpoints after two in a row, as with a kubelet).
 `--history N` records N earlier cuts of the night before the first
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from inotify_simple import INotify, flags
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -62,10 +64,13 @@ from tests.hostpods import HTTP_PORT, Harness, HostPod, host_public_key, sftp_pu
 from difusor.kube import MERGE_PATCH, api_client, custom_path, request  # noqa: E402
 from difusor.models import API_VERSION, cut_object_name  # noqa: E402
 from difusor.render.labels import PUBLICATION_LABEL  # noqa: E402
+from difusor.render.nginx import SWAP_COUNTER  # noqa: E402
 
 PUB = "prep-bench"
-#: How often each pod's main.json is asked for while a promotion is timed.
+#: How often a pod's main.json is asked for once its store shows a swap.
 POLL_S = 0.01
+#: How often every pod's main.json is asked for while a promotion is timed, swap seen or not.
+SLOW_POLL_S = 0.1
 #: Clock ticks per second of /proc/stat and /proc/<pid>/stat.
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -235,20 +240,59 @@ def busy_cpu_s() -> float:
     return (sum(fields) - idle) / TICKS
 
 
-def agents_cpu_s(pods: list[HostPod]) -> float:
-    """CPU-seconds the pods' agents have used (utime + stime of each agent process)."""
-    total = 0
-    for pod in pods:
-        proc = pod.procs.get("agent")
-        if proc is None or proc.popen is None:
+#: Which programs' CPU `cpu_by_program` reports apart (the name the kernel gives each process).
+PROGRAMS = {
+    "kube-apiserver": "apiserver",
+    "etcd": "etcd",
+    "kube-controller": "controllers",
+    "kube-scheduler": "controllers",
+    "kwok": "controllers",
+    "nginx": "nginx",
+    "sshd": "sshd",
+    "sftp-server": "sshd",
+}
+
+
+def cpu_by_process() -> dict[int, tuple[str, int]]:
+    """Each live process: its kind and the clock ticks it has used (utime + stime, /proc/<pid>).
+
+    The agents and the operator are Python; they are told apart by their command line. This
+    process (the harness's probes and watches, the pollers) is `bench`.
+    """
+    found: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{proc.popen.pid}/stat").read_text()
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        if int(entry.name) == os.getpid():
+            kind = "bench"
+        elif cmdline[1:3] == [b"-m", b"difusor"] and len(cmdline) > 3:
+            kind = cmdline[3].decode()  # "agent", "operator"
+        else:
+            kind = PROGRAMS.get(comm, "other")
+        found[int(entry.name)] = (kind, int(rest[11]) + int(rest[12]))
+    return found
+
+
+def cpu_between(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]
+) -> dict[str, float]:
+    """CPU-seconds each kind of process used between two `cpu_by_process` snapshots.
+
+    A process that ended in between is missing from `after`; what it used is in the machine's
+    figure only.
+    """
+    used: dict[str, float] = {}
+    for pid, (kind, ticks) in after.items():
+        start = before.get(pid)
+        spent = ticks - (start[1] if start and start[0] == kind else 0)
+        used[kind] = used.get(kind, 0.0) + spent / TICKS
+    return used
 
 
 def _since(stamp: str | None, done: float) -> float | None:
@@ -340,29 +384,53 @@ def promote_once(
     key: Path,
     known_hosts: Path,
     mbps: int | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Upload one cut to one pod; time until each pod serves it and until it is Verified."""
     running = harness.running()
     firsts: dict[str, float] = {}
     stop = threading.Event()
     # CPU-seconds (the machine's busy time, the agents') at the rename and at the last pod
     # serving: whether the two cores, not the protocol, set the pace.
-    cpu: dict[str, float] = {}
+    starts: dict[str, Any] = {}
+    ends: dict[str, Any] = {}
 
     def watch() -> None:
-        # One thread asks every pod at once (a request written to each, then each answer
-        # read), every POLL_S: 30 threads waking a hundred times a second each took the CPUs
-        # from the pods they timed.
+        # One thread asks the pods (a request written to each, then each answer read): 30
+        # threads waking a hundred times a second each took the CPUs from the pods they timed.
+        # A pod is asked every POLL_S once its store shows a swap (inotify: `current` renamed,
+        # the swap counter written), and every SLOW_POLL_S otherwise, in case an event is
+        # missed: at 30 pods, asking every pod every 10 ms was a tenth of the machine's CPU in
+        # the window (this process, nginx answering and logging), taken from the pods timed.
         pollers = {p.name: Poller(p.ip) for p in running}
-        while pollers and not stop.is_set():
-            asked = [(name, poller) for name, poller in pollers.items() if poller.ask()]
-            for name, poller in asked:
-                if poller.answer() == cut_id:
-                    firsts[name] = time.monotonic()
-                    pollers.pop(name).close()
-                    if not pollers:
-                        cpu.update(busy_end=busy_cpu_s(), agents_end=agents_cpu_s(running))
-            time.sleep(POLL_S)
+        with INotify() as events:
+            watched = {
+                events.add_watch(
+                    p.content, flags.MOVED_TO | flags.CLOSE_WRITE | flags.MODIFY
+                ): p.name
+                for p in running
+            }
+            swapped: set[str] = set()
+            slow_at = time.monotonic()
+            while pollers and not stop.is_set():
+                wait_s = POLL_S if swapped & pollers.keys() else SLOW_POLL_S
+                for event in events.read(timeout=int(wait_s * 1000)):
+                    if event.name in ("current", SWAP_COUNTER):
+                        swapped.add(watched[event.wd])
+                now = time.monotonic()
+                slow = now >= slow_at
+                if slow:
+                    slow_at = now + SLOW_POLL_S
+                asked = [
+                    (name, poller)
+                    for name, poller in pollers.items()
+                    if (slow or name in swapped) and poller.ask()
+                ]
+                for name, poller in asked:
+                    if poller.answer() == cut_id:
+                        firsts[name] = time.monotonic()
+                        pollers.pop(name).close()
+                        if not pollers:
+                            ends.update(procs=cpu_by_process(), machine=busy_cpu_s())
         for poller in pollers.values():
             poller.close()
 
@@ -370,7 +438,7 @@ def promote_once(
     thread.start()
     upload(harness, receiver, archive, key=key, known_hosts=known_hosts, mbps=mbps)
     done, done_wall = time.monotonic(), time.time()
-    cpu.update(busy=busy_cpu_s(), agents=agents_cpu_s(running))
+    starts.update(procs=cpu_by_process(), machine=busy_cpu_s())
     name = f"{PUB}-{cut_id.replace('_', '-')}"
     thread.join(timeout=300)
     stop.set()
@@ -383,8 +451,10 @@ def promote_once(
         **steps,
         "serving_s": max(firsts.values()) - done,
         "skew_s": max(firsts.values()) - min(firsts.values()),
-        "cpu_s": cpu["busy_end"] - cpu["busy"],
-        "agents_cpu_s": cpu["agents_end"] - cpu["agents"],
+        "cpu_s": {
+            **cpu_between(starts["procs"], ends["procs"]),
+            "machine": ends["machine"] - starts["machine"],
+        },
         "moved_mb": fetched / 1_000_000,
         "receiver_wrote_mb": moved_bytes(receiver, cut_id) / 1_000_000,
     }
@@ -433,7 +503,7 @@ def run_size(
         "spec": spec,
     }
     kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(doc))
-    results: list[dict[str, float]] = []
+    results: list[dict[str, Any]] = []
     try:
         wait_for(f"{pods} host pods", lambda: len(harness.running()) == pods, timeout=300)
         record_history(kubeconfig, namespace, cuts=history, pods=pods)
@@ -484,7 +554,7 @@ def run_size(
         "changed_fraction": changed,
         "earlier_cuts": history,
         "upload_mbps": mbps,
-        "first_cut": {k: round(v, 3) for k, v in first.items()},
+        "first_cut": {k: round(v, 3) for k, v in first.items() if k != "cpu_s"},
         "moved_mb_per_promotion": {
             "p50": percentile([r["moved_mb"] for r in results], 0.5),
             "max": round(max(r["moved_mb"] for r in results), 3),
@@ -500,9 +570,13 @@ def run_size(
         # From the rename to the last pod serving: the machine's busy CPU-seconds (all its
         # processes), the agents' share, and the busy cores (the first over serving_s).
         "cpu_s_p50": {
-            "machine": percentile([r["cpu_s"] for r in results], 0.5),
-            "agents": percentile([r["agents_cpu_s"] for r in results], 0.5),
-            "busy_cores": percentile([r["cpu_s"] / r["serving_s"] for r in results], 0.5),
+            **{
+                kind: percentile([r["cpu_s"].get(kind, 0.0) for r in results], 0.5)
+                for kind in sorted({k for r in results for k in r["cpu_s"]})
+            },
+            "busy_cores": percentile(
+                [r["cpu_s"]["machine"] / r["serving_s"] for r in results], 0.5
+            ),
         },
         # Medians, in seconds after the rename, of when each step happened (see phases()).
         "timeline_p50": {
