@@ -240,7 +240,7 @@ def busy_cpu_s() -> float:
     return (sum(fields) - idle) / TICKS
 
 
-#: Which programs' CPU `cpu_by_program` reports apart (the name the kernel gives each process).
+#: Which programs' CPU `cpu_by_process` tells apart (the name the kernel gives each process).
 PROGRAMS = {
     "kube-apiserver": "apiserver",
     "etcd": "etcd",
@@ -389,7 +389,7 @@ def promote_once(
     running = harness.running()
     firsts: dict[str, float] = {}
     stop = threading.Event()
-    # CPU-seconds (the machine's busy time, the agents') at the rename and at the last pod
+    # CPU-seconds (the machine's busy time, each process's) at the rename and at the last pod
     # serving: whether the two cores, not the protocol, set the pace.
     starts: dict[str, Any] = {}
     ends: dict[str, Any] = {}
@@ -568,7 +568,7 @@ def run_size(
         "skew_s": {"p50": percentile(skew, 0.5), "p99": percentile(skew, 0.99)},
         "serving_s_each": [round(s, 3) for s in serving],
         # From the rename to the last pod serving: the machine's busy CPU-seconds (all its
-        # processes), the agents' share, and the busy cores (the first over serving_s).
+        # processes), each kind of process's share, and the busy cores (the first over serving_s).
         "cpu_s_p50": {
             **{
                 kind: percentile([r["cpu_s"].get(kind, 0.0) for r in results], 0.5)
