@@ -21,6 +21,7 @@ per promotion (its own counters, all callers), the largest kinds by verb and res
 `cpu_s_p50` = from the rename to the last pod serving, the CPU-seconds the whole machine was busy
 (/proc/stat), each kind of process's share (agents, operator, API server, etcd, controllers,
 nginx, sshd, this process's harness and pollers, other) and the busy cores (saturated: 2.0);
+`kernel_s_p50` = the part of each kind's share spent in the kernel;
 `failed_probes` = readiness probes of the pods' started containers that failed during the run
 (a pod leaves the endpoints after two in a row, as with a kubelet).
 `--history N` records N earlier cuts of the night before the first
@@ -253,13 +254,12 @@ PROGRAMS = {
 }
 
 
-def cpu_by_process() -> dict[int, tuple[str, int]]:
-    """Each live process: its kind and the clock ticks it has used (utime + stime, /proc/<pid>).
-
-    The agents and the operator are Python; they are told apart by their command line. This
-    process (the harness's probes and watches, the pollers) is `bench`.
-    """
-    found: dict[int, tuple[str, int]] = {}
+def cpu_by_process() -> dict[int, tuple[str, int, int]]:
+    """Each live process: its kind and the clock ticks it has used, in all and in the kernel
+    (utime + stime, and stime, of /proc/<pid>/stat)."""
+    # The agents and the operator are Python; they are told apart by their command line. This
+    # process (the harness's probes and watches, the pollers) is `bench`.
+    found: dict[int, tuple[str, int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -275,22 +275,25 @@ def cpu_by_process() -> dict[int, tuple[str, int]]:
             kind = cmdline[3].decode()  # "agent", "operator"
         else:
             kind = PROGRAMS.get(comm, "other")
-        found[int(entry.name)] = (kind, int(rest[11]) + int(rest[12]))
+        found[int(entry.name)] = (kind, int(rest[11]) + int(rest[12]), int(rest[12]))
     return found
 
 
 def cpu_between(
-    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]
+    before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]], *, kernel: bool
 ) -> dict[str, float]:
-    """CPU-seconds each kind of process used between two `cpu_by_process` snapshots.
+    """CPU-seconds each kind of process used between two `cpu_by_process` snapshots (with
+    `kernel`, only those spent in the kernel on its behalf).
 
     A process that ended in between is missing from `after`; what it used is in the machine's
     figure only.
     """
     used: dict[str, float] = {}
-    for pid, (kind, ticks) in after.items():
+    for pid, (kind, ticks, in_kernel) in after.items():
         start = before.get(pid)
-        spent = ticks - (start[1] if start and start[0] == kind else 0)
+        if start is None or start[0] != kind:
+            start = (kind, 0, 0)
+        spent = in_kernel - start[2] if kernel else ticks - start[1]
         used[kind] = used.get(kind, 0.0) + spent / TICKS
     return used
 
@@ -452,9 +455,10 @@ def promote_once(
         "serving_s": max(firsts.values()) - done,
         "skew_s": max(firsts.values()) - min(firsts.values()),
         "cpu_s": {
-            **cpu_between(starts["procs"], ends["procs"]),
+            **cpu_between(starts["procs"], ends["procs"], kernel=False),
             "machine": ends["machine"] - starts["machine"],
         },
+        "kernel_s": cpu_between(starts["procs"], ends["procs"], kernel=True),
         "moved_mb": fetched / 1_000_000,
         "receiver_wrote_mb": moved_bytes(receiver, cut_id) / 1_000_000,
     }
@@ -554,7 +558,7 @@ def run_size(
         "changed_fraction": changed,
         "earlier_cuts": history,
         "upload_mbps": mbps,
-        "first_cut": {k: round(v, 3) for k, v in first.items() if k != "cpu_s"},
+        "first_cut": {k: round(v, 3) for k, v in first.items() if not isinstance(v, dict)},
         "moved_mb_per_promotion": {
             "p50": percentile([r["moved_mb"] for r in results], 0.5),
             "max": round(max(r["moved_mb"] for r in results), 3),
@@ -577,6 +581,12 @@ def run_size(
             "busy_cores": percentile(
                 [r["cpu_s"]["machine"] / r["serving_s"] for r in results], 0.5
             ),
+        },
+        # The part of each kind's CPU-seconds spent in the kernel (system calls, page cache,
+        # TCP over loopback): what no change to the Python above it can take away.
+        "kernel_s_p50": {
+            kind: percentile([r["kernel_s"].get(kind, 0.0) for r in results], 0.5)
+            for kind in sorted({k for r in results for k in r["kernel_s"]})
         },
         # Medians, in seconds after the rename, of when each step happened (see phases()).
         "timeline_p50": {
