@@ -268,7 +268,8 @@ def cpu_by_process() -> dict[int, tuple[str, int, int]]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        head, _, tail = stat.rpartition(")")
+        comm, rest = head.partition("(")[2], tail.split()
         if int(entry.name) == os.getpid():
             kind = "bench"
         elif cmdline[1:3] == [b"-m", b"difusor"] and len(cmdline) > 3:
@@ -280,22 +281,30 @@ def cpu_by_process() -> dict[int, tuple[str, int, int]]:
 
 
 def cpu_between(
-    before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]], *, kernel: bool
-) -> dict[str, float]:
-    """CPU-seconds each kind of process used between two `cpu_by_process` snapshots (with
-    `kernel`, only those spent in the kernel on its behalf).
+    before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU-seconds each kind of process used between two `cpu_by_process` snapshots: in all,
+    and in the kernel on its behalf.
 
     A process that ended in between is missing from `after`; what it used is in the machine's
     figure only.
     """
     used: dict[str, float] = {}
-    for pid, (kind, ticks, in_kernel) in after.items():
+    in_kernel: dict[str, float] = {}
+    for pid, (kind, ticks, system) in after.items():
         start = before.get(pid)
         if start is None or start[0] != kind:
             start = (kind, 0, 0)
-        spent = in_kernel - start[2] if kernel else ticks - start[1]
-        used[kind] = used.get(kind, 0.0) + spent / TICKS
-    return used
+        used[kind] = used.get(kind, 0.0) + (ticks - start[1]) / TICKS
+        in_kernel[kind] = in_kernel.get(kind, 0.0) + (system - start[2]) / TICKS
+    return used, in_kernel
+
+
+def medians_by_kind(results: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """The p50 of each kind of process's CPU-seconds in `key` (`cpu_s`, `kernel_s`) of the
+    promotions; a kind missing from a promotion used none in it."""
+    kinds = sorted({kind for r in results for kind in r[key]})
+    return {kind: percentile([r[key].get(kind, 0.0) for r in results], 0.5) for kind in kinds}
 
 
 def _since(stamp: str | None, done: float) -> float | None:
@@ -450,15 +459,13 @@ def promote_once(
     fetched = sum(moved_bytes(p, cut_id) for p in running if p.name != receiver.name)
     record = json.loads(kubectl(kubeconfig, "-n", namespace, "get", "prepcut", name, "-o", "json"))
     steps = phases(record, receiver=receiver.name, done=done_wall)
+    used, in_kernel = cpu_between(starts["procs"], ends["procs"])
     return {
         **steps,
         "serving_s": max(firsts.values()) - done,
         "skew_s": max(firsts.values()) - min(firsts.values()),
-        "cpu_s": {
-            **cpu_between(starts["procs"], ends["procs"], kernel=False),
-            "machine": ends["machine"] - starts["machine"],
-        },
-        "kernel_s": cpu_between(starts["procs"], ends["procs"], kernel=True),
+        "cpu_s": {**used, "machine": ends["machine"] - starts["machine"]},
+        "kernel_s": in_kernel,
         "moved_mb": fetched / 1_000_000,
         "receiver_wrote_mb": moved_bytes(receiver, cut_id) / 1_000_000,
     }
@@ -574,20 +581,14 @@ def run_size(
         # From the rename to the last pod serving: the machine's busy CPU-seconds (all its
         # processes), each kind of process's share, and the busy cores (the first over serving_s).
         "cpu_s_p50": {
-            **{
-                kind: percentile([r["cpu_s"].get(kind, 0.0) for r in results], 0.5)
-                for kind in sorted({k for r in results for k in r["cpu_s"]})
-            },
+            **medians_by_kind(results, "cpu_s"),
             "busy_cores": percentile(
                 [r["cpu_s"]["machine"] / r["serving_s"] for r in results], 0.5
             ),
         },
-        # The part of each kind's CPU-seconds spent in the kernel (system calls, page cache,
-        # TCP over loopback): what no change to the Python above it can take away.
-        "kernel_s_p50": {
-            kind: percentile([r["kernel_s"].get(kind, 0.0) for r in results], 0.5)
-            for kind in sorted({k for r in results for k in r["kernel_s"]})
-        },
+        # The part of each kind's CPU-seconds spent in the kernel on its behalf (system calls,
+        # page cache, TCP over loopback).
+        "kernel_s_p50": medians_by_kind(results, "kernel_s"),
         # Medians, in seconds after the rename, of when each step happened (see phases()).
         "timeline_p50": {
             k: percentile([r[k] for r in results if k in r], 0.5)
