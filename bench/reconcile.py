@@ -7,7 +7,8 @@ StatefulSet, Services, ConfigMap, Secrets, RBAC, PDB, NetworkPolicy and Ingress 
 Progressing condition (the statuses are watched, the children counted once at the end).
 Baseline in the same run: `direct_apply_s` = the same children, rendered by `difusor render`,
 applied with one `kubectl apply --server-side` (what a hand-written manifest would cost the API
-server; labelled managed-by=by-hand, so that the operator, watching its own, takes no part). `operator_s_host_keys_existing`: the same with the publications' host-key Secrets made
+server; labelled managed-by=by-hand, so that the operator, which watches its own, takes no
+part). `operator_s_host_keys_existing`: the same with the publications' host-key Secrets made
 beforehand, so that the operator generates no key (a 3072-bit RSA key is 0.2 s of CPU, half of
 the operator's work for a new publication, once in its life). `direct_apply_keys_generated_s`:
 the direct apply with the clock started before the host keys are generated, as a hand-built
@@ -102,8 +103,9 @@ class StatusWatch:
 
     Started before the apply, it sees every change as the API server sends it. Asking for the
     statuses instead (a kubectl process every 0.2 s, 60 ms of CPU each, and a list of the
-    publications for the API server) took a tenth of the two cores from the operator and the API
-    server the bench times, and the direct apply it is compared with pays for no such polling.
+    publications for the API server) took CPU from the operator and the API server the bench
+    times, which the direct apply it is compared with did not pay: the operator's time was 1.07
+    (50 publications) to 1.4 (10) times what it is when watched (`--polled`).
     """
 
     def __init__(self, kubeconfig: str, namespace: str) -> None:
