@@ -6,6 +6,7 @@ Passes of one publication run one at a time: a StatefulSet's events refresh the 
 the first pass still applies the children after it, and both sent those children.
 A publication deleted and made again under its name is a new one: what the process remembers
 of the old one (its Secrets found, its children sent) does not stand for the new one's.
+A publication being deleted gets no pass: no child is sent again and no host key is made.
 """
 
 from __future__ import annotations
@@ -183,6 +184,54 @@ def test_a_publication_made_again_under_its_name_gets_its_secrets_and_children_a
     clock.now += 1
     reconciler.reconcile(second, repair=True)
     assert nginx_conf(crds, namespace, "epsilon") == TAMPERED
+
+
+def secret_exists(kubeconfig: str, namespace: str, name: str) -> bool:
+    out = kubectl(kubeconfig, "-n", namespace, "get", "secret", name, "--ignore-not-found",
+                  "-o", "name")  # fmt: skip
+    return bool(out.strip())
+
+
+def test_a_publication_being_deleted_gets_no_pass(crds: str, namespace: str, api: Any) -> None:
+    clock, reconciler = clocked(api)
+    doc = {
+        "apiVersion": "prep.difusor.io/v1alpha1",
+        "kind": "PrepPublication",
+        # A finalizer holds it while being deleted, as kopf's does while it stops the prober
+        # (and a namespace being deleted removes the Secrets meanwhile).
+        "metadata": {
+            "name": "zeta",
+            "namespace": namespace,
+            "finalizers": ["test.difusor.io/hold"],
+        },
+        "spec": {"host": "zeta.example.mx", "sftp": {"authorizedKeysSecret": "keys"}},
+    }
+    body = json.loads(kubectl(crds, "create", "-f", "-", "-o", "json", stdin=json.dumps(doc)))
+    try:
+        reconciler.reconcile(body)
+        host_keys = "zeta-sftp-host-keys"
+        # A repair makes the host keys again when their Secret is gone...
+        kubectl(crds, "-n", namespace, "delete", "secret", host_keys)
+        clock.now += 2 * INTERVAL
+        assert (
+            "created Secret zeta-sftp-host-keys" in reconciler.reconcile(body, repair=True).changes
+        )
+        assert secret_exists(crds, namespace, host_keys)
+
+        # ...but not once the publication is being deleted, nor does it send the children.
+        kubectl(crds, "-n", namespace, "delete", "secret", host_keys)
+        kubectl(crds, "-n", namespace, "delete", "preppublication", "zeta", "--wait=false")
+        tamper(crds, namespace, "zeta")
+        deleting = json.loads(kubectl(crds, "-n", namespace, "get", "prep", "zeta", "-o", "json"))
+        assert deleting["metadata"].get("deletionTimestamp")
+        clock.now += 2 * INTERVAL
+        outcome = reconciler.reconcile(deleting, repair=True)
+        assert (outcome.changes, outcome.status_patch, outcome.error) == ([], None, None)
+        assert not secret_exists(crds, namespace, host_keys)
+        assert nginx_conf(crds, namespace, "zeta") == TAMPERED
+    finally:
+        kubectl(crds, "-n", namespace, "patch", "prep", "zeta", "--type=merge",
+                "-p", json.dumps({"metadata": {"finalizers": None}}), check=False)  # fmt: skip
 
 
 def secret_data(kubeconfig: str, namespace: str, name: str) -> dict[str, str]:

@@ -160,10 +160,15 @@ class Reconciler:
         undoes what was edited in between, so an edit lasts under two intervals.
         A publication never reconciled before (no observedGeneration) has nothing to prune;
         one deleted and applied again under its name (another uid) is new to this process.
+        A publication being deleted gets no pass: its children go with it (the host keys stay),
+        and a pass would apply them again and make new host keys for a missing Secret, a
+        fifth of a second of CPU each, that a namespace being deleted refuses.
         `workload` is the StatefulSet when the caller has it (a watch event): it is not read.
         Passes of one publication run one at a time.
         """
         meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return Outcome(status_patch=None)
         with self.hold(meta["namespace"], meta["name"]):
             return self._reconcile(body, repair=repair, workload=workload)
 
