@@ -25,8 +25,11 @@ class Bench:
 
 
 @contextmanager
-def operator_on_a_cluster() -> Iterator[Bench]:
-    """$DIFUSOR_BENCH_KUBECONFIG, or a local control plane started here and stopped afterwards."""
+def operator_on_a_cluster(*, reconcile_interval: float = 10) -> Iterator[Bench]:
+    """$DIFUSOR_BENCH_KUBECONFIG, or a local control plane started here and stopped afterwards.
+
+    `reconcile_interval`: the operator's seconds between repairs (the tests' 10 unless said).
+    """
     given = os.environ.get("DIFUSOR_BENCH_KUBECONFIG")
     script = str(REPO / "hack" / "cluster.sh")
     if given:
@@ -43,7 +46,9 @@ def operator_on_a_cluster() -> Iterator[Bench]:
             env={**os.environ, "DIFUSOR_ENDPOINTS": "off"},
         ).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="difusor-bench-"))
-    operator = OperatorProcess(kubeconfig, work / "operator.log")
+    operator = OperatorProcess(
+        kubeconfig, work / "operator.log", reconcile_interval=reconcile_interval
+    )
     try:
         install_crds(kubeconfig)
         operator.start()

@@ -202,11 +202,15 @@ class OperatorProcess:
         *,
         namespaces: tuple[str, ...] = (),
         args: tuple[str, ...] = (),
+        reconcile_interval: float = 10,
     ) -> None:
+        """`reconcile_interval`: seconds between repairs (the chart's default is 20; the tests
+        wait for repairs)."""
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = namespaces
         self.args = args
+        self.reconcile_interval = reconcile_interval
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -215,7 +219,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
             "DIFUSOR_KUBECONFIG": self.kubeconfig,
-            "DIFUSOR_RECONCILE_INTERVAL": "10",
+            "DIFUSOR_RECONCILE_INTERVAL": str(self.reconcile_interval),
         }
         watch = [arg for ns in self.namespaces for arg in ("-n", ns)]
         with self.log_path.open("ab") as log:
