@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import REPO, OperatorProcess, install_crds
+from tests.conftest import REPO, TEST_RECONCILE_INTERVAL, OperatorProcess, install_crds
 
 BENCH_CLUSTER = "difusor-bench"
 
@@ -25,10 +25,12 @@ class Bench:
 
 
 @contextmanager
-def operator_on_a_cluster(*, reconcile_interval: float = 10) -> Iterator[Bench]:
+def operator_on_a_cluster(
+    *, reconcile_interval: float = TEST_RECONCILE_INTERVAL
+) -> Iterator[Bench]:
     """$DIFUSOR_BENCH_KUBECONFIG, or a local control plane started here and stopped afterwards.
 
-    `reconcile_interval`: the operator's seconds between repairs (the tests' 10 unless said).
+    `reconcile_interval`: the operator's seconds between repairs (the tests' unless said).
     """
     given = os.environ.get("DIFUSOR_BENCH_KUBECONFIG")
     script = str(REPO / "hack" / "cluster.sh")

@@ -192,6 +192,11 @@ def released(semaphore: threading.Semaphore, times: int, *, timeout: float = 10.
     assert not semaphore.acquire(timeout=0.2), f"released more than {times} times"
 
 
+#: Seconds between an operator's repairs in the tests, which wait for repairs (the chart's
+#: default is 20).
+TEST_RECONCILE_INTERVAL = 10.0
+
+
 class OperatorProcess:
     """`difusor operator` running as a real process against the test cluster."""
 
@@ -202,10 +207,9 @@ class OperatorProcess:
         *,
         namespaces: tuple[str, ...] = (),
         args: tuple[str, ...] = (),
-        reconcile_interval: float = 10,
+        reconcile_interval: float = TEST_RECONCILE_INTERVAL,
     ) -> None:
-        """`reconcile_interval`: seconds between repairs (the chart's default is 20; the tests
-        wait for repairs)."""
+        """`reconcile_interval`: seconds between repairs."""
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespaces = namespaces
